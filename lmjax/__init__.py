@@ -1,0 +1,1 @@
+"""lmjax: recurrence-first language models in JAX/Flax, with one trainer."""
