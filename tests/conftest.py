@@ -10,3 +10,5 @@ if "xla_force_host_platform_device_count" not in _flags:
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Tiny shapes: compile time dominates, and XLA's optimisation passes are most of it.
+jax.config.update("jax_disable_most_optimizations", True)

@@ -1,0 +1,74 @@
+"""Command line: `python -m lmjax.main --config=configs/sha_rnn.py:cpu --workdir=DIR`.
+
+Modes: train (resumes when DIR has checkpoints), eval (best or latest checkpoint on the full
+valid and test splits), generate (a sampled continuation of --prompt). A user mistake prints one
+line and exits with status 2; see lmjax/errors.py.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from lmjax.errors import UserError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file[:variant].", lock_config=True
+)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard logs.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "generate"], "What to do.")
+flags.DEFINE_string("prompt", "", "generate: the text to continue.")
+flags.DEFINE_integer("length", 200, "generate: bytes to sample.")
+flags.DEFINE_float("temperature", 1.0, "generate: softmax temperature (0 = greedy).")
+flags.DEFINE_integer("top_k", 0, "generate: sample among the k most likely bytes (0 = all).")
+
+
+def _fail(message, code=2):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def parse_flags(argv):
+    """absl parsing, but a bad flag or config override is one line and exit status 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        _fail(str(e).splitlines()[0])
+    except (KeyError, AttributeError, ValueError, TypeError, OSError) as e:
+        _fail(f"bad --config: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+
+
+def main(argv):
+    from lmjax import evaluate, generate, train  # after flag parsing: jax reads XLA_FLAGS here
+
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}")
+    if FLAGS.config is None or FLAGS.workdir is None:
+        _fail("--config and --workdir are required")
+    config, workdir = FLAGS.config, FLAGS.workdir
+    try:
+        if FLAGS.mode == "train":
+            summary = train.train_and_evaluate(config, workdir)
+            if "interrupted" in summary:
+                sys.exit(128 + summary["interrupted"])
+        elif FLAGS.mode == "eval":
+            evaluate.run_eval(config, workdir)
+        else:
+            generate.run_generate(
+                config,
+                workdir,
+                prompt=FLAGS.prompt,
+                length=FLAGS.length,
+                temperature=FLAGS.temperature,
+                top_k=FLAGS.top_k,
+            )
+    except UserError as e:
+        _fail(str(e))
+    except train.TrainingDiverged as e:
+        _fail(str(e), code=1)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

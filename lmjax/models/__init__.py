@@ -1,0 +1,23 @@
+"""Model registry: `config.model_name` -> (module class, frozen config class)."""
+
+import dataclasses
+
+from lmjax.errors import UserError
+from lmjax.models import sha_rnn
+
+MODELS = {
+    "sha_rnn": (sha_rnn.ShaRNN, sha_rnn.ShaRNNConfig),
+}
+
+
+def get_model(config):
+    """Builds the model named by `config.model_name` from the fields of `config.model`."""
+    if config.model_name not in MODELS:
+        raise UserError(f"model_name={config.model_name!r} is unknown; known: {sorted(MODELS)}")
+    cls, cfg_cls = MODELS[config.model_name]
+    fields = {f.name for f in dataclasses.fields(cfg_cls)}
+    unknown = sorted(set(config.model.keys()) - fields)
+    if unknown:
+        raise UserError(f"config.model has unknown field(s) {unknown} for {config.model_name}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.items()}
+    return cls(cfg_cls(**values))

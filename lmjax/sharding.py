@@ -1,0 +1,43 @@
+"""Data parallelism: one mesh axis `data` over every device of every host.
+
+Parameters and optimizer state are replicated (P()); batches and carried recurrent state are
+split along their leading batch axis (P("data")), so a row's state lives on the device that holds
+the row.
+"""
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lmjax.errors import UserError
+
+
+def make_mesh(devices=None):
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def replicated(mesh):
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh):
+    return NamedSharding(mesh, P("data"))
+
+
+def check_batch(field, batch_size, mesh, multiple=1):
+    """Raises a UserError unless `batch_size` splits evenly over devices (and `multiple`)."""
+    n = mesh.devices.size * multiple
+    if batch_size <= 0 or batch_size % n:
+        extra = f" x {multiple} micro-batches" if multiple > 1 else ""
+        raise UserError(
+            f"{field}={batch_size} must be a positive multiple of {n} "
+            f"({mesh.devices.size} devices{extra})"
+        )
+
+
+def shard_host_batch(mesh, local):
+    """Places this process's rows (a pytree of numpy [b_local, ...]) as global arrays."""
+    sharding = batch_sharded(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
