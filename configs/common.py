@@ -101,6 +101,6 @@ def make_tiny(config):
     config.train.eval_steps = 2
     config.train.checkpoint_every = 2
     config.optim.warmup_steps = min(config.optim.warmup_steps, 1)
-    config.eval.batch_size = 4
+    config.eval.batch_size = 8
     config.eval.seq_len = 16
     return config

@@ -17,6 +17,7 @@ a temporary directory and renames it when complete, so a save cut short is never
 """
 
 import os
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -41,16 +42,24 @@ def _param_shapes(tree, prefix="params"):
     return out
 
 
+def _manager(directory, keep):
+    # Naming the handlers lets a fresh manager read item metadata before any restore.
+    handlers = dict(
+        state=ocp.StandardCheckpointHandler(),
+        carry=ocp.StandardCheckpointHandler(),
+        meta=ocp.JsonCheckpointHandler(),
+    )
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+
 class Checkpoints:
     """The `checkpoints/` (last `keep`) and `best/` (one) managers of a workdir."""
 
     def __init__(self, workdir, keep=3):
         self.workdir = os.path.abspath(workdir)
-        options = lambda n: ocp.CheckpointManagerOptions(max_to_keep=n, create=True)
-        self.latest = ocp.CheckpointManager(
-            os.path.join(self.workdir, "checkpoints"), options=options(keep)
-        )
-        self.best = ocp.CheckpointManager(os.path.join(self.workdir, "best"), options=options(1))
+        self.latest = _manager(os.path.join(self.workdir, "checkpoints"), keep)
+        self.best = _manager(os.path.join(self.workdir, "best"), 1)
 
     def save(self, step, state, carry, meta, *, best=False):
         args = ocp.args.Composite(
@@ -118,16 +127,22 @@ def _restore_newest(mngr, state, carry):
                     f"checkpoint {path} is unreadable ({reason}) and no earlier intact one "
                     "exists; move it aside to start over"
                 ) from None
-            logging.warning(
-                "checkpoint %s is unreadable (%s); falling back to step %d",
-                path,
-                reason,
-                steps[i + 1],
+            # Keep it for inspection, out of the manager's way, so the next save of this step
+            # does not collide with it: never deleted, never silently reused.
+            aside = os.path.join(
+                os.path.dirname(str(mngr.directory)),
+                "unreadable",
+                f"{os.path.basename(str(mngr.directory))}-{step}-{int(time.time())}",
             )
-            print(
-                f"warning: checkpoint {path} is unreadable ({reason}); "
-                f"falling back to step {steps[i + 1]}"
+            os.makedirs(os.path.dirname(aside), exist_ok=True)
+            os.rename(path, aside)
+            mngr.reload()
+            message = (
+                f"checkpoint {path} is unreadable ({reason}); moved it to {aside} and "
+                f"fell back to step {steps[i + 1]}"
             )
+            logging.warning(message)
+            print(f"warning: {message}")
             continue
         return restored.state, (restored.carry if carry is not None else None), restored.meta, path
     return None

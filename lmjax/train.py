@@ -76,8 +76,8 @@ def train_step(state, carry, batch, *, model, tx, grad_accum_steps=1):
     metrics = {
         "loss_sum": loss_sum,
         "count": count,
-        "grad_norm": optax.global_norm(grads),
-        "param_norm": optax.global_norm(params),
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),
     }
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, carry, metrics

@@ -22,7 +22,7 @@ def _perturbed_params(model, tokens, seed=0):
     params = model.init(jax.random.PRNGKey(seed), tokens, None, train=False)["params"]
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-    leaves = [p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
+    leaves = [p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
     return jax.tree.unflatten(treedef, leaves)
 
 
