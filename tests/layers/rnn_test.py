@@ -45,3 +45,34 @@ def test_lstm_init_is_pytorch_default():
     assert np.abs(params["w_hh"]).max() > 0.9 * bound  # uniform over the whole range
     # The stored bias is b_ih + b_hh: the sum of two U(-bound, bound), variance 2 bound^2 / 3.
     np.testing.assert_allclose(np.var(params["bias"]), 2 * bound**2 / 3, rtol=0.15)
+
+
+def test_lstm_custom_gradient_equals_autodiff_of_the_loop():
+    """The hand-written backward pass equals autodiff through the plain scan, for every input
+    including the initial state and a cotangent on the final state."""
+    t, b, d = 6, 3, 4
+    keys = jax.random.split(jax.random.PRNGKey(0), 6)
+    w_hh = 0.5 * jax.random.normal(keys[0], (d, 4 * d))
+    xw = jax.random.normal(keys[1], (t, b, 4 * d))
+    h0, c0 = (jax.random.normal(k, (b, d)) for k in keys[2:4])
+    proj_y, proj_c = (
+        jax.random.normal(k, s) for k, s in zip(keys[4:], [(t, b, d), (b, d)], strict=True)
+    )
+
+    def plain(w_hh, xw, h0, c0):
+        step = lambda carry, x: rnn.lstm_step(w_hh, carry, x)
+        carry, ys = jax.lax.scan(step, rnn.LSTMCarry(h0, c0), xw)
+        return ys, carry
+
+    def loss(fn):
+        def f(*args):
+            ys, carry = fn(*args)
+            return jnp.sum(ys * proj_y) + jnp.sum(carry.c * proj_c) + jnp.sum(carry.h)
+
+        return f
+
+    args = (w_hh, xw, h0, c0)
+    want = jax.grad(loss(plain), argnums=(0, 1, 2, 3))(*args)
+    got = jax.grad(loss(rnn.lstm_recurrence), argnums=(0, 1, 2, 3))(*args)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
