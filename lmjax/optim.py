@@ -17,19 +17,35 @@ step, not here. Beyond optax's stock optimizers, two papers need their own updat
   arXiv 1905.07799, `adagrad_with_grad_clip.py`) -> `adagrad_per_tensor_clip`. Each tensor's
   step size is scaled by c / |g| when |g| > c; there is no global-norm clip.
 
-Schedules (`make_schedule`) all start with a linear warmup, then `constant`, `cosine` or `rsqrt`.
+* RAdam with decoupled weight decay (LiyuanLucasLiu/RAdam `radam.py` as of early 2021, which
+  the SRU++ scripts import; Liu et al. 2020, arXiv 1908.03265) -> `radam_decoupled`. Per tensor,
+  at step t (1-based):
+      m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2
+      rho_inf = 2/(1-b2) - 1;  rho_t = rho_inf - 2 t b2^t / (1 - b2^t)
+      rho_t >= 5:  s = sqrt((1-b2^t)(rho_t-4)(rho_t-2) rho_inf / ((rho_inf-4)(rho_inf-2) rho_t))
+                       / (1-b1^t);   w <- w - lr wd w - lr s m / (sqrt(v) + eps)
+      otherwise:   w <- w - lr wd w - lr m / (1-b1^t)      (SGD with momentum, t <= 5)
+  `optax.radam` differs: eps is added to the bias-corrected sqrt(v), the first steps are
+  Adam's bias-corrected momentum, and it has no decoupled decay.
+
+Schedules (`make_schedule`) all start with a linear warmup, then `constant`, `cosine`, `rsqrt`
+or `cosine_torch`: the SRU++ recipe, where the warmup overrides the learning rate and PyTorch's
+recursive CosineAnnealingLR (T = decay_steps, eta_min = 0) continues from the last overridden
+value, lr(t) = lr_max (1 + cos(pi t / T)) / (1 + cos(pi (W-1) / T)) for t >= W.
 """
 
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lmjax.errors import UserError
 
-SCHEDULES = ("constant", "cosine", "rsqrt")
-OPTIMIZERS = ("lamb", "adam", "adamw", "adagrad", "sgd")
+SCHEDULES = ("constant", "cosine", "rsqrt", "cosine_torch")
+OPTIMIZERS = ("lamb", "adam", "adamw", "adagrad", "sgd", "radam")
 
 
 def make_schedule(optim_cfg) -> optax.Schedule:
@@ -44,11 +60,11 @@ def make_schedule(optim_cfg) -> optax.Schedule:
     name = optim_cfg.schedule
     if name not in SCHEDULES:
         raise UserError(f"unknown optim.schedule {name!r}; allowed: {', '.join(SCHEDULES)}")
-    if name == "cosine":
+    if name in ("cosine", "cosine_torch"):
         if "decay_steps" not in optim_cfg:
             raise UserError(
-                "optim.schedule='cosine' needs optim.decay_steps (the step at which "
-                "the learning rate reaches learning_rate * min_lr_ratio)"
+                f"optim.schedule={name!r} needs optim.decay_steps (the step at which "
+                "the cosine reaches its floor)"
             )
         decay_steps = int(optim_cfg.decay_steps)
         if decay_steps <= warmup:
@@ -56,6 +72,8 @@ def make_schedule(optim_cfg) -> optax.Schedule:
                 f"optim.decay_steps ({decay_steps}) must exceed optim.warmup_steps ({warmup})"
             )
         min_ratio = float(optim_cfg.min_lr_ratio)
+        # cosine_torch: the recursion's value at t = W - 1 is the warmup's last lr (B7).
+        torch_norm = 1.0 + math.cos(math.pi * (warmup - 1) / decay_steps) if warmup else 2.0
 
     def schedule(count):
         step = jnp.asarray(count, jnp.float32) + 1.0
@@ -63,6 +81,10 @@ def make_schedule(optim_cfg) -> optax.Schedule:
         ramp = jnp.minimum(step, warmup) / warmup if warmup > 0 else jnp.float32(1.0)
         if name == "constant":
             after = jnp.float32(1.0)
+        elif name == "cosine_torch":
+            t = jnp.asarray(count, jnp.float32)
+            # 1 + cos(x) as 2 cos(x/2)^2: no cancellation in float32 as x -> pi.
+            after = 2.0 * jnp.cos(jnp.pi * t / (2 * decay_steps)) ** 2 / torch_norm
         elif name == "cosine":
             progress = jnp.clip((step - warmup) / (decay_steps - warmup), 0.0, 1.0)
             after = min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
@@ -177,6 +199,96 @@ def adagrad_per_tensor_clip(learning_rate, grad_clip, eps=1e-10) -> optax.Gradie
     return optax.GradientTransformation(init, update)
 
 
+class RAdamState(NamedTuple):
+    count: jax.Array  # [] int32, number of updates applied so far
+    mu: optax.Updates  # first moment m, like params
+    nu: optax.Updates  # second moment v, like params
+
+
+_RADAM_TABLE_STEPS = 2048
+
+
+def _radam_table(b1, b2, threshold, degenerated_to_sgd):
+    """Float64 (adaptive?, step size s_t) for t = 1..N, as radam.py computes them in Python.
+
+    Early on rho_t is a small difference of two numbers near rho_inf (~2000), which float32
+    would get wrong by ~1e-4 relative; past N steps the float32 formula is accurate.
+    """
+    t = np.arange(1, _RADAM_TABLE_STEPS + 1, dtype=np.float64)
+    b2t = b2**t
+    rho_inf = 2 / (1 - b2) - 1
+    rho = rho_inf - 2 * t * b2t / (1 - b2t)
+    adaptive = rho >= threshold
+    ratio = (1 - b2t) * (rho - 4) / (rho_inf - 4) * (rho - 2) / rho * rho_inf / (rho_inf - 2)
+    rect = np.sqrt(np.where(adaptive, ratio, 1.0)) / (1 - b1**t)
+    sgd = 1 / (1 - b1**t) if degenerated_to_sgd else np.zeros_like(t)
+    return adaptive, np.where(adaptive, rect, sgd).astype(np.float32)
+
+
+def radam_decoupled(
+    learning_rate,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    weight_decay=0.0,
+    threshold=5.0,
+    degenerated_to_sgd=True,
+) -> optax.GradientTransformation:
+    """RAdam with decoupled weight decay, per tensor, exactly as radam.py (module docstring).
+
+    Args:
+      learning_rate: a float or an optax schedule `count -> lr`.
+      threshold: the SMA length rho_t from which the adaptive (rectified) step is used.
+      degenerated_to_sgd: below the threshold take an SGD-with-momentum step (radam.py until
+        mid-2021, which SRU++ used); False skips the update and the decay there (later radam.py).
+    Returns:
+      A GradientTransformation whose `update(grads, state, params)` needs `params`.
+    """
+    table_adaptive, table_step = _radam_table(b1, b2, threshold, degenerated_to_sgd)
+    rho_inf = 2 / (1 - b2) - 1
+
+    def coefficients(t):
+        """(adaptive?, apply?, s_t) for the 1-based int32 step t."""
+        i = jnp.minimum(t, _RADAM_TABLE_STEPS) - 1
+        tf = t.astype(jnp.float32)
+        one_minus_b2t = -jnp.expm1(tf * math.log(b2))
+        rho = rho_inf - 2 * tf * (1 - one_minus_b2t) / one_minus_b2t
+        ratio = one_minus_b2t * (rho - 4) * (rho - 2) * rho_inf
+        ratio = ratio / ((rho_inf - 4) * (rho_inf - 2) * rho)
+        late_step = jnp.sqrt(jnp.maximum(ratio, 0.0)) / -jnp.expm1(tf * math.log(b1))
+        late = t > _RADAM_TABLE_STEPS
+        adaptive = jnp.where(late, rho >= threshold, jnp.asarray(table_adaptive)[i])
+        step = jnp.where(late, late_step, jnp.asarray(table_step)[i])
+        return adaptive, adaptive | degenerated_to_sgd, step
+
+    def init(params):
+        return RAdamState(
+            count=jnp.zeros([], jnp.int32),
+            mu=jax.tree.map(jnp.zeros_like, params),
+            nu=jax.tree.map(jnp.zeros_like, params),
+        )
+
+    def update(grads, state, params=None):
+        if params is None:
+            raise ValueError("radam_decoupled needs params: call tx.update(grads, state, params)")
+        mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
+        nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grads)
+        count = optax.safe_int32_increment(state.count)
+        adaptive, apply, step = coefficients(count)
+        lr = _lr_at(learning_rate, state.count)
+
+        def delta(m, v, w):
+            # eps goes on the un-corrected sqrt(v), as radam.py; s carries the corrections.
+            direction = jnp.where(adaptive, m / (jnp.sqrt(v) + eps), m)
+            d = -lr * (weight_decay * w + step * direction)
+            return jnp.where(apply, d, 0.0).astype(w.dtype)
+
+        updates = jax.tree.map(delta, mu, nu, params)
+        return updates, RAdamState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(optim_cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Builds `(tx, schedule)` from the `optim` config section.
 
@@ -206,6 +318,8 @@ def make_optimizer(optim_cfg) -> tuple[optax.GradientTransformation, optax.Sched
         return adagrad_per_tensor_clip(schedule, grad_clip=clip), schedule
     elif name == "sgd":
         tx = optax.sgd(schedule)
+    elif name == "radam":
+        tx = radam_decoupled(schedule, b1=b1, b2=b2, eps=eps, weight_decay=wd)
     else:
         raise UserError(f"unknown optim.name {name!r}; allowed: {', '.join(OPTIMIZERS)}")
     if clip > 0:

@@ -127,3 +127,30 @@ def test_eval_and_generate(trained):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("the ") and len(proc.stdout.rstrip("\n")) >= 20
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
+    import signal
+    import time
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmjax.main",
+        "--config=configs/sha_rnn.py:tiny",
+        f"--workdir={tmp_path}",
+        "--config.train.num_steps=100000",
+        "--config.train.checkpoint_every=100000",
+        "--config.train.eval_every=100000",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not (tmp_path / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err.decode()[-2000:]
+    saved = [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(saved) == 1 and int(saved[0]) >= 1
+    assert f"saved step {saved[0]}" in out.decode()
