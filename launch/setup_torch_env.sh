@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create the PyTorch (CPU) venv used by the torch-side benchmarks and parity tests.
+# Create the PyTorch (CPU) venv used by the torch-side benchmarks and parity tests
+# (torch 2.13.0 CPU, sru 2.6.0, and sru 3.0.0.dev6 in $VENV/sru3 for SRU++).
 # Usage: bash launch/setup_torch_env.sh        (venv path overridable with $TORCH_VENV)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,6 +15,11 @@ PY="$VENV/bin/python"
 if ! "$PY" -c 'import torch, numpy, sru' >/dev/null 2>&1 || \
    [ "$("$PY" -c 'import importlib.metadata as m; print(m.version("torch").split("+")[0], m.version("numpy"), m.version("sru"))' 2>/dev/null)" != "2.13.0 2.4.6 2.6.0" ]; then
   "$PY" -m pip install -q torch==2.13.0 numpy==2.4.6 sru==2.6.0
+fi
+# SRU++ exists only in sru 3.0.0.dev6 (pure Python + a JIT-compiled C++ op). It is unpacked
+# beside 2.6.0, in $VENV/sru3, which launch/sru_reference.py puts first on sys.path for SRU++.
+if [ ! -f "$VENV/sru3/sru/version.py" ] || ! grep -q '3.0.0.dev6' "$VENV/sru3/sru/version.py"; then
+  "$PY" -m pip install -q --no-deps --target "$VENV/sru3" sru==3.0.0.dev6
 fi
 "$PY" -c 'import torch, numpy; print("torch", torch.__version__, "numpy", numpy.__version__)'
 echo "venv: $VENV  (export TORCH_EXTENSIONS_DIR=$TORCH_EXTENSIONS_DIR before importing sru)"

@@ -1,5 +1,7 @@
 """Tests for lmjax/optim.py: update rules against numpy hand computations, schedules, wiring."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -201,3 +203,89 @@ def test_adagrad_has_no_global_clip():
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-7)
     # Adagrad's first step is lr * sign(g) where g != 0.
     np.testing.assert_allclose(got["a"], [0.9, 1.0], rtol=1e-6)
+
+
+def _radam_numpy(params, grads_seq, lrs, b1, b2, eps, wd, degenerated_to_sgd=True):
+    """LiyuanLucasLiu radam.py (early 2021), float64, one tensor at a time."""
+    w = {k: v.astype(np.float64) for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in w.items()}
+    v = {k: np.zeros_like(x) for k, x in w.items()}
+    for step, (grads, lr) in enumerate(zip(grads_seq, lrs, strict=True), start=1):
+        b2t = b2**step
+        sma_max = 2 / (1 - b2) - 1
+        sma = sma_max - 2 * step * b2t / (1 - b2t)
+        for k in w:
+            g = grads[k].astype(np.float64)
+            v[k] = b2 * v[k] + (1 - b2) * g * g
+            m[k] = b1 * m[k] + (1 - b1) * g
+            if sma >= 5:
+                s = math.sqrt(
+                    (1 - b2t)
+                    * (sma - 4)
+                    / (sma_max - 4)
+                    * (sma - 2)
+                    / sma
+                    * sma_max
+                    / (sma_max - 2)
+                ) / (1 - b1**step)
+                w[k] = w[k] - wd * lr * w[k]
+                w[k] = w[k] - s * lr * m[k] / (np.sqrt(v[k]) + eps)
+            elif degenerated_to_sgd:
+                w[k] = w[k] - wd * lr * w[k]
+                w[k] = w[k] - lr / (1 - b1**step) * m[k]
+    return w
+
+
+@pytest.mark.parametrize("degenerated_to_sgd", [True, False])
+def test_radam_decoupled_matches_numpy(degenerated_to_sgd):
+    rng = np.random.default_rng(2)
+    shapes = {"w": (3, 4), "b": (4,)}
+    params = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    # 8 steps cross the SMA threshold (rho_t >= 5 from t = 6); gradients of different scales
+    # make eps = 1e-3 visible, so its placement (on the un-corrected sqrt(v)) is checked.
+    grads_seq = [_grads(rng, shapes, scale=0.01 * (i + 1)) for i in range(8)]
+    lrs = [0.05 * (i + 1) for i in range(8)]
+    tx = optim.radam_decoupled(
+        lambda count: 0.05 * (count + 1),
+        eps=1e-3,
+        weight_decay=0.1,
+        degenerated_to_sgd=degenerated_to_sgd,
+    )
+    got = _run(tx, {k: jnp.asarray(v) for k, v in params.items()}, grads_seq)
+    want = _radam_numpy(params, grads_seq, lrs, 0.9, 0.999, 1e-3, 0.1, degenerated_to_sgd)
+    for k in params:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-6, err_msg=k)
+
+
+def test_radam_late_steps_use_the_float32_formula():
+    """Past the float64 table, the in-graph step size still equals radam.py's."""
+    tx = optim.radam_decoupled(1.0)
+    params = {"w": jnp.ones(1)}
+    grads = {"w": jnp.full(1, 0.5)}
+    state = tx.init(params)._replace(count=jnp.asarray(4999, jnp.int32))
+    state = state._replace(mu=grads, nu={"w": jnp.full(1, 0.25)})  # m = g, v = g^2: fixed point
+    updates, _ = tx.update(grads, state, params)
+    t, b1, b2 = 5000, 0.9, 0.999
+    sma_max = 2 / (1 - b2) - 1
+    sma = sma_max - 2 * t * b2**t / (1 - b2**t)
+    s = math.sqrt(
+        (1 - b2**t) * (sma - 4) / (sma_max - 4) * (sma - 2) / sma * sma_max / (sma_max - 2)
+    ) / (1 - b1**t)
+    np.testing.assert_allclose(updates["w"], [-s * 0.5 / (0.5 + 1e-8)], rtol=1e-6)
+
+
+def test_cosine_torch_follows_the_recursive_scheduler():
+    """Warmup overrides, then torch's recursive CosineAnnealingLR from the last override."""
+    lr_max, warmup, total = 0.3, 5, 40
+    cfg = _cfg(learning_rate=lr_max, warmup_steps=warmup, schedule="cosine_torch")
+    cfg.decay_steps = total
+    want, lr = [], lr_max
+    for t in range(total):  # SRU++'s loop: override (t < W), optimizer.step(), scheduler.step()
+        if t < warmup:
+            lr = lr_max * (t + 1) / warmup
+        want.append(lr)
+        e = t + 1  # the scheduler's last_epoch after its step
+        lr = (1 + math.cos(math.pi * e / total)) / (1 + math.cos(math.pi * (e - 1) / total)) * lr
+    np.testing.assert_allclose(_lrs(cfg, range(total)), want, rtol=2e-6)
+    # Not the textbook cosine: slightly above lr_max (1 + cos(pi t / T)) / 2 (B7: about x1.004).
+    assert want[warmup] > lr_max * (1 + math.cos(math.pi * warmup / total)) / 2

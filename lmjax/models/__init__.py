@@ -3,10 +3,12 @@
 import dataclasses
 
 from lmjax.errors import UserError
-from lmjax.models import sha_rnn
+from lmjax.models import sha_rnn, sru
 
 MODELS = {
     "sha_rnn": (sha_rnn.ShaRNN, sha_rnn.ShaRNNConfig),
+    "sru_pp": (sru.SRUpp, sru.SRUppConfig),  # SRU++ (plain SRU: "sru", below)
+    "sru": (sru.SRULM, sru.SRUConfig),
 }
 
 
