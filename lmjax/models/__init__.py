@@ -3,12 +3,14 @@
 import dataclasses
 
 from lmjax.errors import UserError
-from lmjax.models import sha_rnn, sru
+from lmjax.models import adaptive_span, sha_rnn, sru, transformer_xl
 
 MODELS = {
     "sha_rnn": (sha_rnn.ShaRNN, sha_rnn.ShaRNNConfig),
     "sru_pp": (sru.SRUpp, sru.SRUppConfig),  # SRU++ (plain SRU: "sru", below)
     "sru": (sru.SRULM, sru.SRUConfig),
+    "transformer_xl": (transformer_xl.TransformerXL, transformer_xl.TransformerXLConfig),
+    "adaptive_span": (adaptive_span.AdaptiveSpan, adaptive_span.AdaptiveSpanConfig),
 }
 
 

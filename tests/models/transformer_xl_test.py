@@ -1,0 +1,208 @@
+"""Transformer-XL: the five family tests (STYLE.md §7), a float64 loop of the reference's
+equations across segments, the KV-cache decoder and a tiny training run."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import transformer_xl as txl_config
+from lmjax import models, optim, train
+from lmjax import state as state_lib
+
+
+def _model(**overrides):
+    config = txl_config.get_config("tiny")
+    for k, v in overrides.items():
+        config.model[k] = v
+    return models.get_model(config)
+
+
+def _perturbed_params(model, tokens, seed=0):
+    """Random values everywhere: zero biases and unit gains would hide bugs."""
+    params = model.init(jax.random.PRNGKey(seed), tokens, None, train=False)["params"]
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+    leaves = [p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
+    return jax.tree.unflatten(treedef, leaves)
+
+
+def _jit_apply(model, params):
+    return jax.jit(lambda x, c: model.apply({"params": params}, x, c, train=False))
+
+
+def _tokens(b, t, seed=0):
+    return jax.random.randint(jax.random.PRNGKey(seed), (b, t), 0, 256)
+
+
+def _reference_forward(params, segments, c):
+    """The reference's `_forward` + `_update_mems` in float64 with growing memories, written
+    per (query, key) pair: score = ((q_i + u)·k_j + (q_i + v)·W_r R(mlen + i - j)) / √k."""
+    p = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+    nh, hk, d = c.num_heads, c.head_dim, c.d_model
+    b = segments[0].shape[0]
+    mems = [np.zeros((b, 0, d))] * c.num_layers
+
+    def ln(x, q):
+        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + 1e-5) * q["scale"] + q["bias"]
+
+    outs = []
+    for seg in segments:
+        seg = np.asarray(seg)
+        t, mlen = seg.shape[1], mems[0].shape[1]
+        h = p["embed"]["embedding"][seg] * np.sqrt(d)
+        hids = [h]
+        for i in range(c.num_layers):
+            a = p[f"layer_{i}"]["attn"]
+            cat = np.concatenate([mems[i], h], axis=1)
+            qkv = (cat @ a["qkv"]["kernel"]).reshape(b, mlen + t, 3, nh, hk)
+            q, k, v = qkv[:, mlen:, 0], qkv[:, :, 1], qkv[:, :, 2]
+            out = np.zeros((b, t, nh, hk))
+            for qi in range(t):
+                dist = np.maximum(mlen + qi - np.arange(mlen + qi + 1), 0.0)
+                if c.clamp_len > 0:
+                    dist = np.minimum(dist, c.clamp_len)
+                freq = 1 / 10000 ** (np.arange(0, d, 2) / d)
+                pe = np.concatenate([np.sin(dist[:, None] * freq), np.cos(dist[:, None] * freq)], 1)
+                r = (pe @ a["r_net"]["kernel"]).reshape(-1, nh, hk)  # [j, h, k]
+                ac = np.einsum("bhk,bjhk->bhj", q[:, qi] + p["r_w_bias"], k[:, : mlen + qi + 1])
+                bd = np.einsum("bhk,jhk->bhj", q[:, qi] + p["r_r_bias"], r)
+                s = (ac + bd) / np.sqrt(hk)
+                w = np.exp(s - s.max(-1, keepdims=True))
+                w /= w.sum(-1, keepdims=True)
+                out[:, qi] = np.einsum("bhj,bjhk->bhk", w, v[:, : mlen + qi + 1])
+            h = ln(h + out.reshape(b, t, -1) @ a["o_net"]["kernel"], a["layer_norm"])
+            f = p[f"layer_{i}"]["ff"]
+            z = np.maximum(h @ f["fc1"]["kernel"] + f["fc1"]["bias"], 0)
+            h = ln(h + z @ f["fc2"]["kernel"] + f["fc2"]["bias"], f["layer_norm"])
+            hids.append(h)
+        outs.append(h @ p["embed"]["embedding"].T + p["out_bias"])
+        mems = [np.concatenate([mems[i], hids[i]], 1)[:, -c.mem_len :] for i in range(len(mems))]
+    return outs
+
+
+def test_shapes_and_dtypes():
+    model = _model()
+    tokens = _tokens(2, 16)
+    params = _perturbed_params(model, tokens)
+    logits, carry, aux = model.apply({"params": params}, tokens, None, train=False)
+    assert logits.shape == (2, 16, 256) and logits.dtype == jnp.float32
+    assert aux == {}
+    assert len(carry.memory) == 2 and carry.memory[0].shape == (2, 16, 32)
+    assert carry.memory[0].dtype == jnp.float32
+    np.testing.assert_array_equal(carry.mem_count, [16, 16])
+    bf16 = _model(dtype="bfloat16")
+    logits16, carry16, _ = bf16.apply({"params": params}, tokens, None, train=False)
+    assert logits16.dtype == jnp.float32 and carry16.memory[1].dtype == jnp.float32
+    # bf16 projections with large perturbed weights: STYLE.md §7 allows 1e-1.
+    assert np.abs(logits16 - logits).max() < 0.1 * np.abs(logits).max()
+
+
+def test_causality():
+    model = _model()
+    tokens = _tokens(2, 16)
+    params = _perturbed_params(model, tokens)
+    apply = _jit_apply(model, params)
+    logits, carry, _ = apply(tokens, None)
+    changed = tokens.at[:, 9].set((tokens[:, 9] + 1) % 256)
+    logits2, _, _ = apply(changed, None)
+    np.testing.assert_array_equal(logits[:, :9], logits2[:, :9])
+    assert np.abs(logits[:, 9:] - logits2[:, 9:]).max() > 1e-4
+
+
+@pytest.mark.parametrize("mem_len,clamp_len", [(16, 0), (6, 0), (6, 4)])
+def test_matches_reference_loop_across_segments(mem_len, clamp_len):
+    """Three segments, memory carried; mem_len 6 < 8 truncates it as `_update_mems` does."""
+    model = _model(mem_len=mem_len, clamp_len=clamp_len)
+    tokens = _tokens(2, 24)
+    params = _perturbed_params(model, tokens)
+    apply = _jit_apply(model, params)
+    segments = [tokens[:, :8], tokens[:, 8:16], tokens[:, 16:]]
+    expected = _reference_forward(params, segments, model.config)
+    carry = None
+    for seg, ref in zip(segments, expected, strict=True):
+        logits, carry, _ = apply(seg, carry)
+        np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_whole_equals_split_through_carry():
+    """With memory >= the first part, the split pass sees the same keys at the same distances."""
+    model = _model(mem_len=16)
+    tokens = _tokens(2, 16)
+    params = _perturbed_params(model, tokens)
+    apply = _jit_apply(model, params)
+    whole, wcarry, _ = apply(tokens, None)
+    first, carry, _ = apply(tokens[:, :5], None)
+    second, carry, _ = apply(tokens[:, 5:], carry)
+    np.testing.assert_allclose(jnp.concatenate([first, second], 1), whole, rtol=1e-5, atol=1e-5)
+    for m, wm in zip(carry.memory, wcarry.memory, strict=True):
+        np.testing.assert_allclose(m, wm, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_cache", [False, True])
+def test_step_by_step_decode_equals_window(kv_cache):
+    model = _model(mem_len=12, kv_cache=kv_cache)
+    tokens = _tokens(2, 12)
+    params = _perturbed_params(model, tokens)
+    whole, _, _ = _model(mem_len=12).apply({"params": params}, tokens, None, train=False)
+    apply = _jit_apply(model, params)
+    carry, steps = model.init_carry(2), []
+    for i in range(12):
+        out, carry, _ = apply(tokens[:, i : i + 1], carry)
+        steps.append(out)
+    np.testing.assert_allclose(jnp.concatenate(steps, 1), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_attention_equals_explicit():
+    tokens = _tokens(2, 16)
+    model = _model()
+    params = _perturbed_params(model, tokens)
+    carry = model.apply({"params": params}, tokens, None, train=False)[1]
+    fused = model.apply({"params": params}, tokens, carry, train=False)[0]
+    explicit = _model(fused_attention=False).apply({"params": params}, tokens, carry, train=False)
+    np.testing.assert_allclose(fused, explicit[0], rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_finite_and_nonzero():
+    model = _model(dropout_rate=0.0, dropout_attn=0.1)  # attention dropout: the explicit path
+    tokens = _tokens(2, 16)
+    params = _perturbed_params(model, tokens)
+    carry = model.apply({"params": params}, tokens, None, train=False)[1]  # non-empty memory
+
+    def loss(p):
+        logits, _, _ = model.apply(
+            {"params": p}, tokens, carry, train=True, rngs={"dropout": jax.random.PRNGKey(0)}
+        )
+        return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+    for path, g in jax.tree_util.tree_leaves_with_path(jax.jit(jax.grad(loss))(params)):
+        assert np.all(np.isfinite(g)), path
+        assert np.abs(g).max() > 0, jax.tree_util.keystr(path)
+
+
+def test_init_matches_reference():
+    model = _model(d_model=64, d_ff=128)
+    params = model.init(jax.random.PRNGKey(0), _tokens(1, 4), None, train=False)["params"]
+    np.testing.assert_allclose(np.std(params["embed"]["embedding"]), 0.02, rtol=0.05)
+    np.testing.assert_allclose(np.std(params["layer_0"]["ff"]["fc1"]["kernel"]), 0.02, rtol=0.1)
+    scale = params["layer_0"]["attn"]["layer_norm"]["scale"]
+    assert 0.005 < np.std(scale) < 0.04 and abs(np.mean(scale) - 1) < 0.02
+    assert np.all(params["out_bias"] == 0) and np.all(params["layer_0"]["ff"]["fc1"]["bias"] == 0)
+
+
+def test_tiny_config_takes_a_train_step():
+    """The tiny config through the trainer's own step: init, one update, finite metrics."""
+    config = txl_config.get_config("tiny")
+    model = models.get_model(config)
+    tx, _ = optim.make_optimizer(config.optim)
+    rng = jax.random.key_data(jax.random.PRNGKey(0))
+    state = state_lib.create_train_state(rng, model=model, tx=tx, seq_len=16)
+    tokens = _tokens(8, 17)
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": jnp.ones((8, 16))}
+    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx))
+    state, carry, metrics = step(state, model.init_carry(8), batch)
+    assert int(state.step) == 1 and np.isfinite(float(metrics["loss_sum"]))
+    np.testing.assert_array_equal(carry.mem_count, 16)
