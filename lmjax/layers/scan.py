@@ -46,16 +46,17 @@ def _shift_prev(h0, h):
     return jnp.concatenate([h0[None], h[:-1]], axis=0)
 
 
-def _linear_forward(a, x, h0, impl, unroll):
+def _linear_forward(a, x, h0, impl, unroll, reverse):
     if impl == "associative":
-        x = x.at[0].add(a[0] * h0)  # fold the initial state into the first input
+        first = -1 if reverse else 0
+        x = x.at[first].add(a[first] * h0)  # fold the initial state into the first input
 
-        def combine(left, right):  # (a_l, x_l) then (a_r, x_r)
+        def combine(left, right):  # (a_l, x_l) then (a_r, x_r), in scan order
             a_l, x_l = left
             a_r, x_r = right
             return a_r * a_l, a_r * x_l + x_r
 
-        _, h = jax.lax.associative_scan(combine, (a, x), axis=0)
+        _, h = jax.lax.associative_scan(combine, (a, x), reverse=reverse, axis=0)
         return h
 
     def step(h, ax):
@@ -63,28 +64,32 @@ def _linear_forward(a, x, h0, impl, unroll):
         h = a_t * h + x_t
         return h, h
 
-    _, h = jax.lax.scan(step, h0, (a, x), unroll=unroll)
+    _, h = jax.lax.scan(step, h0, (a, x), reverse=reverse, unroll=unroll)
     return h
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _linear_scan(a, x, h0, impl, unroll):
-    return _linear_forward(a, x, h0, impl, unroll)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _linear_scan(a, x, h0, impl, unroll, reverse):
+    return _linear_forward(a, x, h0, impl, unroll, reverse)
 
 
-def _linear_scan_fwd(a, x, h0, impl, unroll):
-    h = _linear_forward(a, x, h0, impl, unroll)
+def _linear_scan_fwd(a, x, h0, impl, unroll, reverse):
+    h = _linear_forward(a, x, h0, impl, unroll, reverse)
     return h, (a, h, h0)
 
 
-def _linear_scan_bwd(impl, unroll, res, g):
+def _linear_scan_bwd(impl, unroll, reverse, res, g):
     a, h, h0 = res
-    # λ_t = g_t + a_{t+1} λ_{t+1}: the same recurrence run backwards with shifted coefficients.
-    a_next = jnp.concatenate([a[1:], jnp.zeros_like(a[:1])], axis=0)
-    lam = jnp.flip(
-        _linear_forward(jnp.flip(a_next, 0), jnp.flip(g, 0), jnp.zeros_like(h0), impl, unroll), 0
-    )
-    return lam * _shift_prev(h0, h), lam, a[0] * lam[0]
+    zero = jnp.zeros_like(a[:1])
+    # λ_t = g_t + a_{t+1} λ_{t+1} (t+1 = the next step in scan order): the same recurrence run
+    # the other way with shifted coefficients.
+    if reverse:
+        a_next, h_prev = jnp.concatenate([zero, a[:-1]], 0), jnp.concatenate([h[1:], h0[None]], 0)
+    else:
+        a_next, h_prev = jnp.concatenate([a[1:], zero], 0), _shift_prev(h0, h)
+    lam = _linear_forward(a_next, g, jnp.zeros_like(h0), impl, unroll, not reverse)
+    first = -1 if reverse else 0
+    return lam * h_prev, lam, a[first] * lam[first]
 
 
 _linear_scan.defvjp(_linear_scan_fwd, _linear_scan_bwd)
@@ -104,12 +109,8 @@ def linear_scan(a, x, h0, *, reverse=False, impl="sequential", unroll=1):
     """
     impl = resolve_impl(impl)
     f32 = lambda y: jnp.asarray(y, jnp.float32)
-    a, x, h0 = f32(a), f32(x), f32(h0)
-    if reverse:
-        h = jnp.flip(_linear_scan(jnp.flip(a, 0), jnp.flip(x, 0), h0, impl, unroll), 0)
-        return h, h[0]
-    h = _linear_scan(a, x, h0, impl, unroll)
-    return h, h[-1]
+    h = _linear_scan(f32(a), f32(x), f32(h0), impl, unroll, reverse)
+    return h, h[0] if reverse else h[-1]
 
 
 def associative_linear_scan(a, x, h0, *, reverse=False):
