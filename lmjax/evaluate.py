@@ -36,7 +36,7 @@ def evaluate_stream(step_fn, params, stream, carry, mesh, max_windows=-1):
     for i in range(n):
         batch = sharding.shard_host_batch(mesh, stream.window(i))
         carry, metrics = step_fn(params, carry, batch)
-        metrics = jax.device_get(metrics)
+        metrics = sharding.to_host(metrics)
         loss_sum += float(metrics["loss_sum"])
         count += float(metrics["count"])
     return loss_sum, count

@@ -22,6 +22,9 @@ flags.DEFINE_string("prompt", "", "generate: the text to continue.")
 flags.DEFINE_integer("length", 200, "generate: bytes to sample.")
 flags.DEFINE_float("temperature", 1.0, "generate: softmax temperature (0 = greedy).")
 flags.DEFINE_integer("top_k", 0, "generate: sample among the k most likely bytes (0 = all).")
+flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 
 
 def _fail(message, code=2):
@@ -48,6 +51,15 @@ def main(argv):
     if FLAGS.config is None or FLAGS.workdir is None:
         _fail("--config and --workdir are required")
     config, workdir = FLAGS.config, FLAGS.workdir
+    if FLAGS.coordinator_address:  # elsewhere (TPU pods, SLURM) jax discovers its peers itself
+        import jax
+
+        jax.distributed.initialize(
+            FLAGS.coordinator_address,
+            FLAGS.num_processes,
+            FLAGS.process_id,
+            initialization_timeout=120,
+        )
     try:
         if FLAGS.mode == "train":
             summary = train.train_and_evaluate(config, workdir)

@@ -41,3 +41,18 @@ def shard_host_batch(mesh, local):
     """Places this process's rows (a pytree of numpy [b_local, ...]) as global arrays."""
     sharding = batch_sharded(mesh)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
+
+
+def to_host(tree):
+    """Replicated arrays (metrics, the step) as numpy. Under several processes an array is not
+    fully addressable, but every process holds a complete replica in its first local shard."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def any_process(flag):
+    """True on every process if `flag` is true on any (e.g. one host received SIGTERM)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))

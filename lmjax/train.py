@@ -132,7 +132,7 @@ class _Interrupt:
 
 def _flush(pending, step, last_logged):
     """Sums device metrics since the last log; raises if the loss went non-finite."""
-    host = jax.device_get(pending)
+    host = sharding.to_host(pending)
     loss_sum = sum(float(m["loss_sum"]) for m in host)
     count = sum(float(m["count"]) for m in host)
     loss = loss_sum / max(count, 1.0)
@@ -184,7 +184,7 @@ def train_and_evaluate(config, workdir, *, devices=None):
             init.close()
             state = state.replace(params=loaded.params)
             print(f"initialised parameters from {path} (step {meta['step']})")
-    start = int(jax.device_get(state.step))
+    start = int(sharding.to_host(state.step))
 
     step_fn = make_train_step(model, tx, mesh, state, carry, config.train.grad_accum_steps)
     eval_fn = evaluate.make_eval_step(
@@ -200,7 +200,7 @@ def train_and_evaluate(config, workdir, *, devices=None):
 
     writer = writers.MetricWriter(workdir)
     summary = {"start_step": start}
-    pending, last_logged, t0 = [], start, time.perf_counter()
+    pending, last_logged, t0, stop = [], start, time.perf_counter(), False
     bar = tqdm.tqdm(
         total=config.train.num_steps,
         initial=start,
@@ -245,7 +245,11 @@ def train_and_evaluate(config, workdir, *, devices=None):
                     bar.write(f"step {done}: valid bpc {losses.bpc(vloss):.4f}")
                     summary.update(valid_bpc=losses.bpc(vloss))
                     is_best, best = losses.bpc(vloss) < best, min(best, losses.bpc(vloss))
-                save = done % config.train.checkpoint_every == 0 or last or interrupt.signum
+                # Under several processes the stop flag is agreed at log steps (one all-gather),
+                # so every host saves and stops at the same step.
+                if jax.process_count() == 1 or done == last_logged:
+                    stop = sharding.any_process(interrupt.signum)
+                save = done % config.train.checkpoint_every == 0 or last or stop
                 if save or is_best:
                     if pending:  # never checkpoint a state whose loss has not been checked
                         _flush(pending, done, last_logged)
@@ -255,14 +259,15 @@ def train_and_evaluate(config, workdir, *, devices=None):
                     if is_best:
                         ckpts.save(done, state, carry, meta, best=True)
                 t0 = time.perf_counter() if (done == last_logged) else t0
-                if interrupt.signum:
-                    bar.write(f"stopped by signal {interrupt.signum}; saved step {done}")
-                    summary["interrupted"] = interrupt.signum
+                if stop:
+                    signum = interrupt.signum or signal.SIGTERM  # a peer host was signalled
+                    bar.write(f"stopped by signal {signum}; saved step {done}")
+                    summary["interrupted"] = signum
                     break
     finally:
         bar.close()
         ckpts.wait()  # an async save in flight completes, so the last checkpoint is whole
         ckpts.close()
         writer.close()
-    summary["step"] = int(jax.device_get(state.step))
+    summary["step"] = int(sharding.to_host(state.step))
     return summary
