@@ -16,7 +16,7 @@ Variants (`--config=configs/sru_pp.py:VARIANT[,k=K]`):
   enwik8_k      attention only in every k-th layer (`,k=K`, default 5: layers 4 and 9); the
                 others are SRU++'s projected-linear layers. No reported enwik8 number.
   cpu           4 layers, d_model 256, attention 64 in every layer, memory 256, batch 8,
-                seq_len 256: the benchmark shape; trains on the embedded stdlib corpus.
+                seq_len 256: the benchmark shape; trains on the embedded stdlib corpus, lr 2e-3.
   tiny          seconds; for tests (2 layers: one projected-linear, one attention, 2 heads).
 
   python -m lmjax.main --config=configs/sru_pp.py --config.data.path=/data/enwik8.zip \
@@ -98,6 +98,9 @@ def get_config(arg=None):
         config.model.d_model = 256
         config.model.attn_dim = 64
         config.model.mem_len = 256
+        # The paper's 3e-4 is for 32 x 1024-token batches; at 8 x 256 it barely moves in a few
+        # hundred steps (120 steps: valid 6.32 bpc at 3e-4, 4.24 at 2e-3 with 20 warmup steps).
+        config.optim.learning_rate = 2e-3
         config.optim.warmup_steps = 200
         config.optim.decay_steps = 2000
         config.train.batch_size = 8
