@@ -40,6 +40,10 @@ softmax mass inside its span, as with absurd weights). T must be a Python int un
 config field (`trim_lens`, one per layer) that `adapt_to(params)` recomputes on the host after
 each update; a new value means one recompile, and the 64-rounding makes that rare.
 
+`jax.nn.dot_product_attention` does not fit here: the mask multiplies the probabilities after
+the softmax and renormalises with +1e-8 (a log-mask bias equals it only up to that term, and its
+gradient is 0·∞ where m_z = 0), and the keys form a per-query band. The explicit band is used.
+
 Not reproduced: adaptive input/softmax (wiki103_pers; there is no word-level dataset here), and
 the reference's random restart offset < M when the training data wraps around.
 """
@@ -285,7 +289,9 @@ class AdaptiveSpan(nn.Module):
         c = self.config
         if not c.adapt_span:
             return self
-        zs = jax.device_get([params[f"layer_{i}"]["attn"]["span_z"] for i in range(c.num_layers)])
+        # Replicated parameters: this host's copy is the value (and works across processes).
+        host = lambda x: np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)
+        zs = [host(params[f"layer_{i}"]["attn"]["span_z"]) for i in range(c.num_layers)]
         # .item() in the reference: the float32 max times L in double precision.
         trims = tuple(_trim_len(float(np.max(z)), c.attn_span, c.span_ramp) for z in zs)
         if trims == self.trims():

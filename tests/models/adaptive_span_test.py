@@ -317,3 +317,14 @@ def test_init_matches_reference():
     np.testing.assert_allclose(np.std(fc1["kernel"]), 1 / 8 / np.sqrt(3), rtol=0.1)  # U(±1/√in)
     assert np.all(params["layer_0"]["attn"]["span_z"] == 0)
     assert "bias" not in params["layer_0"]["attn"]["proj_query"]
+
+
+@pytest.mark.parametrize(
+    "variant,millions", [("enwik8", 38.6), ("enwik8_large", 209.0), ("enwik8_pers", 114.1)]
+)
+def test_param_counts_match_the_reference(variant, millions):
+    """README: 38M (12L), 209M (24L), 114M (36L All-attention)."""
+    model = models.get_model(as_config.get_config(variant))
+    init = lambda: model.init(jax.random.PRNGKey(0), _tokens(1, 4), None, train=False)
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(jax.eval_shape(init)))
+    assert abs(count / 1e6 - millions) < 0.05, count
