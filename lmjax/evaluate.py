@@ -59,6 +59,8 @@ def run_eval(config, workdir, *, devices=None, writer=None):
     target = state_lib.sharded_train_state(config, model, tx, mesh, abstract=True)
     ckpts = checkpoint.Checkpoints(workdir)
     state, meta, path = ckpts.restore_for_eval(target)
+    if hasattr(model, "adapt_to"):  # e.g. Adaptive-Span: attend only as far as the learned spans
+        model = model.adapt_to(state.params)
     writer = writer or writers.MetricWriter(workdir, tensorboard=False)
     results = {}
     for name in ("valid", "test"):

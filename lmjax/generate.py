@@ -67,6 +67,8 @@ def run_generate(config, workdir, *, prompt, length, temperature, top_k, seed=0)
     ckpts = checkpoint.Checkpoints(workdir)
     state, _, _ = ckpts.restore_for_eval(target)
     ckpts.close()
+    if hasattr(model, "adapt_to"):  # e.g. Adaptive-Span: attend only as far as the learned spans
+        model = model.adapt_to(state.params)
     out = sample(
         state.params,
         tokens,

@@ -73,6 +73,8 @@ def train_step(state, carry, batch, *, model, tx, grad_accum_steps=1):
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if hasattr(model, "post_update"):  # e.g. Adaptive-Span clamps its spans to [0, 1]
+        params = model.post_update(params)
     metrics = {
         "loss_sum": loss_sum,
         "count": count,
@@ -186,10 +188,21 @@ def train_and_evaluate(config, workdir, *, devices=None):
             print(f"initialised parameters from {path} (step {meta['step']})")
     start = int(sharding.to_host(state.step))
 
-    step_fn = make_train_step(model, tx, mesh, state, carry, config.train.grad_accum_steps)
-    eval_fn = evaluate.make_eval_step(
-        model, mesh, carry=state_lib.zero_carry(model, config.eval.batch_size, mesh)
-    )
+    compiled = {}  # model -> (train step, eval step); a model's static shapes may follow params
+
+    def step_fns(model):
+        if model not in compiled:
+            compiled[model] = (
+                make_train_step(model, tx, mesh, state, carry, config.train.grad_accum_steps),
+                evaluate.make_eval_step(
+                    model, mesh, carry=state_lib.zero_carry(model, config.eval.batch_size, mesh)
+                ),
+            )
+        return compiled[model]
+
+    if hasattr(model, "adapt_to"):  # e.g. Adaptive-Span: trims from the (restored) spans
+        model = model.adapt_to(state.params)
+    step_fn, eval_fn = step_fns(model)
 
     def validate(params):
         carry0 = state_lib.zero_carry(model, config.eval.batch_size, mesh)
@@ -216,6 +229,9 @@ def train_and_evaluate(config, workdir, *, devices=None):
                     carry = state_lib.zero_carry(model, b, mesh)
                 batch = sharding.shard_host_batch(mesh, window)
                 state, carry, metrics = step_fn(state, carry, batch)
+                if hasattr(model, "adapt_to"):  # reads a few scalars back to the host
+                    model = model.adapt_to(state.params)
+                    step_fn, eval_fn = step_fns(model)
                 pending.append(metrics)
                 done = step + 1
                 bar.update(1)
