@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmjax.layers import attention, rnn
+from lmjax.layers import attention, core, rnn
 
 _LN_EPS = 1e-12
 
@@ -79,7 +79,7 @@ class _Boom(nn.Module):
     @nn.compact
     def __call__(self, x, *, train):
         z = nn.Dense(self.d_ff, kernel_init=_dense_init(self.d_model), dtype=self.dtype)(x)
-        z = nn.Dropout(self.dropout_rate)(_gelu_sigmoid(z), deterministic=not train)
+        z = core.Dropout(self.dropout_rate)(_gelu_sigmoid(z), deterministic=not train)
         b, t, _ = z.shape
         return z.reshape(b, t, self.d_ff // self.d_model, self.d_model).sum(axis=2)
 
@@ -95,7 +95,7 @@ class _SingleHeadAttention(nn.Module):
     def __call__(self, h, kv, mask, *, train):
         """h: [b, t, d] query side (LN_mid); kv: [b, s, d] float32; mask: [b, t, s] bool."""
         d = self.d_model
-        drop = lambda x: nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        drop = lambda x: core.Dropout(self.dropout_rate)(x, deterministic=not train)
         qs, ks, vs = (self.param(n, nn.initializers.zeros, (1, 1, d)) for n in ("qs", "ks", "vs"))
         q = nn.Dense(d, kernel_init=_dense_init(d), dtype=self.dtype, name="query")(h)
         q = nn.LayerNorm(_LN_EPS, dtype=jnp.float32, name="query_norm")(q.astype(jnp.float32))
@@ -123,7 +123,7 @@ class _Block(nn.Module):
 
     @nn.compact
     def __call__(self, x, lstm_carry, memory, mem_count, *, train):
-        drop = lambda y: nn.Dropout(self.dropout_hidden)(y, deterministic=not train)
+        drop = lambda y: core.Dropout(self.dropout_hidden)(y, deterministic=not train)
         ln = lambda name: nn.LayerNorm(_LN_EPS, dtype=jnp.float32, name=name)
         y, lstm_carry = rnn.LSTM(self.d_model, self.dtype, self.unroll, name="lstm")(
             ln("ln_start")(x), lstm_carry
@@ -173,7 +173,7 @@ class ShaRNN(nn.Module):
         carry = self.init_carry(b) if carry is None else carry
         dtype = jnp.dtype(c.dtype)
         embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=_dense_init(c.d_model))
-        h = nn.Dropout(c.dropout_input)(embed(tokens), deterministic=not train)
+        h = core.Dropout(c.dropout_input)(embed(tokens), deterministic=not train)
         lstm_out, mem_out = [], list(carry.memory)
         for i in range(c.num_layers):
             use_attn = i in c.attn_layers
@@ -186,7 +186,7 @@ class ShaRNN(nn.Module):
             lstm_out.append(lstm_i)
             if use_attn:
                 mem_out[j] = memory
-        h = nn.Dropout(c.dropout_rate)(h, deterministic=not train)
+        h = core.Dropout(c.dropout_rate)(h, deterministic=not train)
         bias = self.param("decoder_bias", nn.initializers.zeros, (c.vocab_size,))
         logits = embed.attend(h.astype(jnp.float32)) + bias[None, None, :]
         mem_count = jnp.minimum(carry.mem_count + t, c.mem_len)
