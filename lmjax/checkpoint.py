@@ -56,8 +56,12 @@ def _manager(directory, keep):
 class Checkpoints:
     """The `checkpoints/` (last `keep`) and `best/` (one) managers of a workdir."""
 
-    def __init__(self, workdir, keep=3):
+    def __init__(self, workdir, keep=3, *, read_only=False):
         self.workdir = os.path.abspath(workdir)
+        if read_only and not any(
+            os.path.isdir(os.path.join(self.workdir, d)) for d in ("checkpoints", "best")
+        ):  # eval, generate and init_from read; they never create directories
+            raise UserError(f"no checkpoint in {self.workdir}: train first (--mode=train)")
         self.latest = _manager(os.path.join(self.workdir, "checkpoints"), keep)
         self.best = _manager(os.path.join(self.workdir, "best"), 1)
 

@@ -57,7 +57,7 @@ def run_eval(config, workdir, *, devices=None, writer=None):
         )
     tx, _ = optim.make_optimizer(config.optim)
     target = state_lib.sharded_train_state(config, model, tx, mesh, abstract=True)
-    ckpts = checkpoint.Checkpoints(workdir)
+    ckpts = checkpoint.Checkpoints(workdir, read_only=True)
     state, meta, path = ckpts.restore_for_eval(target)
     if hasattr(model, "adapt_to"):  # e.g. Adaptive-Span: attend only as far as the learned spans
         model = model.adapt_to(state.params)

@@ -64,7 +64,7 @@ def run_generate(config, workdir, *, prompt, length, temperature, top_k, seed=0)
     mesh = sharding.make_mesh(jax.devices()[:1])
     tx, _ = optim.make_optimizer(config.optim)
     target = state_lib.sharded_train_state(config, model, tx, mesh, abstract=True)
-    ckpts = checkpoint.Checkpoints(workdir)
+    ckpts = checkpoint.Checkpoints(workdir, read_only=True)
     state, _, _ = ckpts.restore_for_eval(target)
     ckpts.close()
     if hasattr(model, "adapt_to"):  # e.g. Adaptive-Span: attend only as far as the learned spans

@@ -181,7 +181,7 @@ def train_and_evaluate(config, workdir, *, devices=None):
     else:
         state = state_lib.sharded_train_state(config, model, tx, mesh)
         if config.init_from:
-            init = checkpoint.Checkpoints(config.init_from)
+            init = checkpoint.Checkpoints(config.init_from, read_only=True)
             loaded, meta, path = init.restore_for_eval(target)
             init.close()
             state = state.replace(params=loaded.params)

@@ -83,6 +83,10 @@ def _bad_cases(root):
             [*_text_args(root), "--mode=generate", "--prompt=café"],
             "outside the model's vocab",
         ),
+        "eval without a checkpoint": (
+            ["--mode=eval", f"--workdir={root / 'never_trained'}"],
+            "no checkpoint in",
+        ),
         "incompatible checkpoint": (
             [*_text_args(root), "--config.model.d_model=16"],
             "does not match the config",
@@ -98,6 +102,7 @@ CASES = [
     "mistyped field",
     "prompt outside vocabulary",
     "incompatible checkpoint",
+    "eval without a checkpoint",
 ]
 
 
@@ -111,6 +116,7 @@ def test_bad_input_is_one_line_and_exit_2(trained, case):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and needle in lines[0], proc.stderr[-2000:]
     assert _snapshot(trained / "work") == before
+    assert not (trained / "never_trained").exists()
 
 
 def test_eval_and_generate(trained):
