@@ -106,17 +106,10 @@ def get_config(arg=None):
             m.num_layers, m.pers_mem_size, m.dropout_rate = 36, 2048, 0.4
             config.train.num_steps = 200_000
     elif v in ("cpu", "tiny"):
-        config.data.name = "stdlib"
+        common.make_cpu(config)
         m.d_model, m.num_heads, m.d_ff, m.num_layers, m.attn_span = 256, 4, 1024, 4, 1024
         m.dropout_rate, m.span_loss = 0.0, 2e-6
         config.optim.warmup_steps = 200
-        config.train.batch_size = 8
-        config.train.seq_len = config.eval.seq_len = 256
-        config.train.num_steps = 2000
-        config.train.log_every = 50
-        config.train.eval_every = 500
-        config.train.eval_steps = 50
-        config.train.checkpoint_every = 500
     elif v not in ("enwik8", "text8"):
         raise ValueError(f"unknown adaptive_span variant {v!r}")
     if v.startswith("text8"):

@@ -89,6 +89,24 @@ def base_config():
     return config
 
 
+def make_cpu(config):
+    """The CPU budget every family's `cpu` variant shares, so their numbers compare: the embedded
+    stdlib corpus, batch 8 x 256 bytes, 2,000 steps, validation on 50 windows every 500."""
+    config.seed = 0
+    config.data.name = "stdlib"
+    config.data.path = ""
+    config.train.batch_size = 8
+    config.train.seq_len = 256
+    config.train.num_steps = 2000
+    config.train.log_every = 50
+    config.train.eval_every = 500
+    config.train.eval_steps = 50
+    config.train.checkpoint_every = 500
+    config.eval.batch_size = 8
+    config.eval.seq_len = 256
+    return config
+
+
 def make_tiny(config):
     """Shrinks sizes only, so the tiny run exercises the experiment's own code paths."""
     config.data.name = "stdlib"

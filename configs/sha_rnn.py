@@ -73,20 +73,11 @@ def get_config(arg=None):
         config.optim.learning_rate = 1e-3
         config.train.num_steps = 5 * EPOCH_STEPS
     elif v in ("cpu", "tiny"):
-        config.seed = 0
-        config.data.name = "stdlib"
+        common.make_cpu(config)
         config.model.d_model = 256
         config.model.d_ff = 1024
         config.model.mem_len = 512
-        config.train.batch_size = 8
-        config.train.seq_len = 256
-        config.train.num_steps = 2000
-        config.train.log_every = 50
-        config.train.eval_every = 500
-        config.train.eval_steps = 50
-        config.train.checkpoint_every = 500
         config.optim.warmup_steps = 200
-        config.eval.seq_len = 256
     elif v != "enwik8":
         raise ValueError(f"unknown sha_rnn variant {v!r}")
     if v == "tiny":

@@ -69,18 +69,9 @@ def get_config(arg=None):
         config.model.projection_size = 512
         config.model.dropout_rate = 0.3
     elif v in ("cpu", "tiny"):
-        config.data.name = "stdlib"
+        common.make_cpu(config)
         config.model.num_layers = 4
         config.model.d_model = 256
-        config.train.batch_size = 8
-        config.train.seq_len = 256
-        config.train.num_steps = 2000
-        config.train.log_every = 50
-        config.train.eval_every = 500
-        config.train.eval_steps = 50
-        config.train.checkpoint_every = 500
-        config.eval.batch_size = 8
-        config.eval.seq_len = 256
     elif v != "enwik8":
         raise ValueError(f"unknown sru variant {v!r}")
     if v == "tiny":

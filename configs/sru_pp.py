@@ -92,8 +92,7 @@ def get_config(arg=None):
     elif v == "enwik8_k":
         config.model.attn_every_k = arg.k
     elif v in ("cpu", "tiny"):
-        config.seed = 0
-        config.data.name = "stdlib"
+        common.make_cpu(config)
         config.model.num_layers = 4
         config.model.d_model = 256
         config.model.attn_dim = 64
@@ -103,15 +102,6 @@ def get_config(arg=None):
         config.optim.learning_rate = 2e-3
         config.optim.warmup_steps = 200
         config.optim.decay_steps = 2000
-        config.train.batch_size = 8
-        config.train.seq_len = 256
-        config.train.num_steps = 2000
-        config.train.log_every = 50
-        config.train.eval_every = 500
-        config.train.eval_steps = 50
-        config.train.checkpoint_every = 500
-        config.eval.batch_size = 8
-        config.eval.seq_len = 256
     elif v != "enwik8":
         raise ValueError(f"unknown sru_pp variant {v!r}")
     if v == "tiny":

@@ -67,8 +67,7 @@ def get_config(arg=None):
 
     v = arg.variant
     if v in ("cpu", "tiny"):
-        config.seed = 0
-        config.data.name = "stdlib"
+        common.make_cpu(config)
         config.model.d_model = 256
         config.model.num_heads = 4
         config.model.head_dim = 64
@@ -77,15 +76,6 @@ def get_config(arg=None):
         config.model.mem_len = 256
         config.optim.warmup_steps = 200
         config.optim.decay_steps = 2000
-        config.train.batch_size = 8
-        config.train.seq_len = 256
-        config.train.num_steps = 2000
-        config.train.log_every = 50
-        config.train.eval_every = 500
-        config.train.eval_steps = 50
-        config.train.checkpoint_every = 500
-        config.eval.batch_size = 8
-        config.eval.seq_len = 256
     elif v != "enwik8":
         raise ValueError(f"unknown transformer_xl variant {v!r}")
     if v == "tiny":
