@@ -21,6 +21,14 @@ cache, Adagrad with the per-tensor clip 0.03, lr 0.07, warmup min(1, k/W) and no
                      1.03 / 1.01, 39M.
   enwik8_pers        36 layers, 2048 persistent vectors, dropout 0.4, 200k + fine-tune to
                      210k. Expected 1.00 / 0.98, 114M.
+  wiki103_pers       All-attention on WikiText-103 words (`--adapt-io --adapt-io-tied`): 36
+                     layers of 512, 8 heads, no FF, 2048 persistent vectors per head, span
+                     2048, block 256, batch 64 (batch-split 2), dropout 0.3, emb dropout 0.1,
+                     λ 5e-7; adaptive input (×√512) and softmax cut at 20000/40000/200000 with
+                     widths 512/128/32/8 (div 4), tables and projections tied; Adam (0.9,
+                     0.999) lr 2.5e-4, warmup 8k, global clip 1.0, 800k steps + fine-tune to
+                     850k at 2.5e-5. Expected dev 18.8 / test 19.7 ppl (README; <eos> counted
+                     as a token), 133M params (132,493,746 here).
   cpu                4 layers of 256 (FF 1024), 4 heads, span 1024, block 256, batch 8, λ 2e-6:
                      the benchmark shape; trains on the embedded stdlib corpus. After 600
                      steps (with the clamp/trim hooks) the learned spans are 32-41 tokens, so
@@ -29,6 +37,8 @@ cache, Adagrad with the per-tensor clip 0.03, lr 0.07, warmup min(1, k/W) and no
                      full span 2885 ms/step, 1881 MB peak RSS; with
                      `--config.model.trim_lens="(960,960,960,960)"` 904 ms/step, 859 MB.
   tiny               seconds; for tests.
+  wiki103_pers_tiny  tiny with wiki103_pers's code paths (persistent memory, tied adaptive IO)
+                     on the stdlib bytes cut into clusters at 32/96/192: no download.
 
   python -m lmjax.main --config=configs/adaptive_span.py:enwik8 --workdir=W \
       --config.data.path=enwik8.zip
@@ -37,9 +47,13 @@ optimizer state is kept and the warmup is long over), e.g. for enwik8_large:
   python -m lmjax.main --config=configs/adaptive_span.py:enwik8_large --workdir=W \
       --config.optim.learning_rate=0.007 --config.train.num_steps=170000
 
+  python -m lmjax.main --config=configs/adaptive_span.py:wiki103_pers --workdir=W \
+      --config.data.path=wikitext-103-v1.zip     # then fine-tune: lr 2.5e-5, 850000 steps
+
 `model.trim_lens` stays () here: the trainer's `adapt_to` hook sets it from the learned spans.
-Not provided: wiki103_pers (word-level WikiText-103 with adaptive input and softmax); this
-library has neither a word-level dataset nor adaptive input/softmax yet.
+Vocabulary order: the reference's `data.py` counts `<eos>` like a word and breaks count ties in
+reverse first-seen order; lmjax uses Transformer-XL's order (lmjax/data/words.py), which can
+differ only among equally frequent words, and so only where a cutoff splits such a group.
 """
 
 from configs import common
@@ -105,6 +119,18 @@ def get_config(arg=None):
         else:
             m.num_layers, m.pers_mem_size, m.dropout_rate = 36, 2048, 0.4
             config.train.num_steps = 200_000
+    elif v in ("wiki103_pers", "wiki103_pers_tiny"):
+        config.data.name, config.data.level = "wikitext103", "word"
+        m.vocab_size = 267_735
+        m.adaptive_cutoffs, m.div_val, m.adaptive_tied = (20000, 40000, 200000), 4, True
+        m.num_layers, m.d_ff, m.pers_mem_size, m.attn_span = 36, 1, 2048, 2048  # d_ff: dummy
+        m.dropout_rate, m.dropout_emb, m.span_loss = 0.3, 0.1, 5e-7
+        config.optim.name, config.optim.learning_rate = "adam", 2.5e-4
+        config.optim.b1, config.optim.b2, config.optim.eps = 0.9, 0.999, 1e-8
+        config.optim.warmup_steps, config.optim.grad_clip = 8000, 1.0  # global-norm clip
+        config.train.seq_len = config.eval.seq_len = 256
+        config.train.num_steps = 800_000
+        config.train.grad_accum_steps = 2
     elif v in ("cpu", "tiny"):
         common.make_cpu(config)
         m.d_model, m.num_heads, m.d_ff, m.num_layers, m.attn_span = 256, 4, 1024, 4, 1024
@@ -112,6 +138,10 @@ def get_config(arg=None):
         config.optim.warmup_steps = 200
     elif v not in ("enwik8", "text8"):
         raise ValueError(f"unknown adaptive_span variant {v!r}")
+    if v == "wiki103_pers_tiny":  # the wiki103_pers code paths on bytes, no download
+        common.make_tiny(config)
+        m.vocab_size, m.adaptive_cutoffs, m.div_val = 256, (32, 96, 192), 2
+        m.d_model, m.num_heads, m.num_layers, m.pers_mem_size, m.attn_span = 32, 2, 2, 8, 128
     if v.startswith("text8"):
         config.data.name = "text8"
     if v == "text8":
@@ -121,3 +151,6 @@ def get_config(arg=None):
         m.d_model, m.num_heads, m.d_ff, m.num_layers = 32, 2, 64, 2
         m.attn_span = 128  # > 64, so the trimming paths run
     return config
+
+
+TINY_VARIANTS = ("tiny", "wiki103_pers_tiny")  # tests/configs_test.py takes a step with each

@@ -10,7 +10,7 @@ Every experiment file builds on `base_config()` and overrides what its paper say
 
 import ml_collections
 
-DATASETS = ("stdlib", "text", "enwik8", "text8")
+DATASETS = ("stdlib", "text", "enwik8", "text8", "wikitext103")
 
 
 def parse_arg(arg, **defaults):
@@ -48,7 +48,8 @@ def base_config():
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "stdlib"  # one of DATASETS
-    config.data.path = ""  # enwik8/text8: a local copy (raw file or .zip) instead of downloading
+    config.data.level = "byte"  # byte | word ('text' offers both, wikitext103 only word)
+    config.data.path = ""  # enwik8/text8/wikitext103: a local copy (file, .zip or directory)
     config.data.data_dir = ""  # tfds cache; '' means ~/tensorflow_datasets or $TFDS_DATA_DIR
     config.data.train_path = ""  # 'text' dataset: one file per split
     config.data.valid_path = ""  # '' holds out the last valid_fraction of train_path
@@ -94,6 +95,7 @@ def make_cpu(config):
     stdlib corpus, batch 8 x 256 bytes, 2,000 steps, validation on 50 windows every 500."""
     config.seed = 0
     config.data.name = "stdlib"
+    config.data.level = "byte"
     config.data.path = ""
     config.train.batch_size = 8
     config.train.seq_len = 256
@@ -110,6 +112,7 @@ def make_cpu(config):
 def make_tiny(config):
     """Shrinks sizes only, so the tiny run exercises the experiment's own code paths."""
     config.data.name = "stdlib"
+    config.data.level = "byte"
     config.data.path = ""
     config.train.batch_size = 8
     config.train.seq_len = 16

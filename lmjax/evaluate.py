@@ -1,7 +1,8 @@
 """Evaluation over whole splits, carrying recurrent state and memory across the stream.
 
 Loss is Σ cross-entropy / #targets over every target of the split exactly once (the last,
-partial window is padded and masked), reported in nats per token and bits per character.
+partial window is padded and masked), reported in nats per token and bits per character, or,
+at word level, perplexity exp(loss) (the references' ppl: SRU++ B9, Adaptive-Span A.7).
 """
 
 import functools
@@ -14,8 +15,7 @@ from lmjax.data import corpora, lm
 
 
 def eval_step(params, carry, batch, *, model):
-    logits, carry, _ = model.apply({"params": params}, batch["inputs"], carry, train=False)
-    loss_sum, count = losses.weighted_xent(logits, batch["targets"], batch["weights"])
+    loss_sum, count, carry, _ = losses.lm_loss(model, params, batch, carry, train=False)
     return carry, {"loss_sum": loss_sum, "count": count}
 
 
@@ -43,11 +43,17 @@ def evaluate_stream(step_fn, params, stream, carry, mesh, max_windows=-1):
 
 
 def run_eval(config, workdir, *, devices=None, writer=None):
-    """--mode=eval: best (else latest) checkpoint on the full valid and test splits."""
+    """--mode=eval: best (else latest) checkpoint on the full valid and test splits.
+
+    Returns {"valid": x, "test": y}: bits per byte, or perplexity at word level.
+    """
     from lmjax import checkpoint, models, optim, writers
 
     splits = corpora.load_corpus(config.data)
     model = models.get_model(config)
+    corpora.check_vocab_size(config.data, model.config.vocab_size)
+    word = corpora.level(config.data) == "word"
+    score = "ppl" if word else "bpc"
     mesh = sharding.make_mesh(devices)
     b, t = config.eval.batch_size, config.eval.seq_len
     sharding.check_batch("eval.batch_size", b, mesh)
@@ -71,9 +77,9 @@ def run_eval(config, workdir, *, devices=None, writer=None):
         step_fn = make_eval_step(model, mesh, carry)
         loss_sum, count = evaluate_stream(step_fn, state.params, stream, carry, mesh)
         loss = loss_sum / count
-        results[name] = losses.bpc(loss)
-        print(f"{name} bpc {results[name]:.4f}")
-        writer.write(meta["step"], name, loss=loss, bpc=results[name], targets=count, full=1)
+        results[name] = losses.scores(loss, word)[score]
+        print(f"{name} {score} {results[name]:.4f}")
+        writer.write(meta["step"], name, loss=loss, **{score: results[name]}, targets=count, full=1)
     print(f"(checkpoint {path}, step {meta['step']})")
     ckpts.close()
     return results

@@ -1,8 +1,9 @@
 """Sampling from a trained checkpoint, carrying the recurrent state token by token.
 
 The prompt runs through the model in one call; then a `lax.scan` of `length` steps feeds each
-sampled byte back as a [1, 1] window with the carried state, so generation costs one compiled
-program regardless of length.
+sampled token back as a [1, 1] window with the carried state, so generation costs one compiled
+program regardless of length. Tokens are bytes, or at word level (data.level = "word") words of
+the data's vocabulary: the prompt is split on whitespace and `<eos>` prints as a line break.
 """
 
 import functools
@@ -23,6 +24,21 @@ def encode_prompt(prompt, vocab_size):
                 f"vocabulary of {vocab_size} bytes"
             )
     return jnp.asarray(list(data), jnp.int32)[None, :]
+
+
+def encode_word_prompt(prompt, vocab):
+    """The prompt's words as ids [1, p] (unknown words -> <unk> if the vocabulary has one); an
+    empty prompt starts a new line (<eos>)."""
+    from lmjax.data import words
+
+    index = {w: i for i, w in enumerate(vocab)}
+    ids = []
+    for w in prompt.split():
+        i = index.get(w, index.get(words.UNK))
+        if i is None:
+            raise UserError(f"--prompt word {w!r} is not in the data's vocabulary (no <unk>)")
+        ids.append(i)
+    return jnp.asarray(ids or [index[words.EOS]], jnp.int32)[None, :]
 
 
 def _pick(logits, rng, temperature, top_k):
@@ -56,11 +72,17 @@ def run_generate(config, workdir, *, prompt, length, temperature, top_k, seed=0)
     """--mode=generate: prints the prompt and its sampled continuation."""
     from lmjax import checkpoint, models, optim, sharding
     from lmjax import state as state_lib
+    from lmjax.data import corpora, words
 
     if length <= 0:
         raise UserError(f"--length={length} must be positive")
     model = models.get_model(config)
-    tokens = encode_prompt(prompt, model.config.vocab_size)
+    vocab = corpora.load_vocab(config.data)  # None at byte level
+    if vocab is None:
+        tokens = encode_prompt(prompt, model.config.vocab_size)
+    else:
+        corpora.check_vocab_size(config.data, model.config.vocab_size)
+        tokens = encode_word_prompt(prompt, vocab)
     mesh = sharding.make_mesh(jax.devices()[:1])
     tx, _ = optim.make_optimizer(config.optim)
     target = state_lib.sharded_train_state(config, model, tx, mesh, abstract=True)
@@ -78,6 +100,10 @@ def run_generate(config, workdir, *, prompt, length, temperature, top_k, seed=0)
         temperature=float(temperature),
         top_k=int(top_k),
     )
-    text = bytes(int(x) for x in jax.device_get(out)).decode("utf-8", errors="replace")
+    if vocab is None:
+        text = bytes(int(x) for x in jax.device_get(out)).decode("utf-8", errors="replace")
+    else:
+        text = words.decode(jax.device_get(out), vocab)
+        text = text if not prompt or text.startswith("\n") else " " + text
     print(prompt + text)
     return text

@@ -32,6 +32,8 @@ Schedules (`make_schedule`) all start with a linear warmup, then `constant`, `co
 or `cosine_torch`: the SRU++ recipe, where the warmup overrides the learning rate and PyTorch's
 recursive CosineAnnealingLR (T = decay_steps, eta_min = 0) continues from the last overridden
 value, lr(t) = lr_max (1 + cos(pi t / T)) / (1 + cos(pi (W-1) / T)) for t >= W.
+`cosine_torch_wt103` is SRU++'s train_wt103.py, whose warmup counts from 0 (lr_max t / W, so
+the first update uses lr 0) and whose cosine therefore continues from lr_max (W-1) / W (B7).
 """
 
 import math
@@ -44,7 +46,7 @@ import optax
 
 from lmjax.errors import UserError
 
-SCHEDULES = ("constant", "cosine", "rsqrt", "cosine_torch")
+SCHEDULES = ("constant", "cosine", "rsqrt", "cosine_torch", "cosine_torch_wt103")
 OPTIMIZERS = ("lamb", "adam", "adamw", "adagrad", "sgd", "radam")
 
 
@@ -60,7 +62,8 @@ def make_schedule(optim_cfg) -> optax.Schedule:
     name = optim_cfg.schedule
     if name not in SCHEDULES:
         raise UserError(f"unknown optim.schedule {name!r}; allowed: {', '.join(SCHEDULES)}")
-    if name in ("cosine", "cosine_torch"):
+    torch_cos = name in ("cosine_torch", "cosine_torch_wt103")
+    if name == "cosine" or torch_cos:
         if "decay_steps" not in optim_cfg:
             raise UserError(
                 f"optim.schedule={name!r} needs optim.decay_steps (the step at which "
@@ -79,12 +82,16 @@ def make_schedule(optim_cfg) -> optax.Schedule:
         step = jnp.asarray(count, jnp.float32) + 1.0
         # W = 0 means no warmup: the factor is 1 from the first step.
         ramp = jnp.minimum(step, warmup) / warmup if warmup > 0 else jnp.float32(1.0)
+        if name == "cosine_torch_wt103" and warmup > 0:
+            ramp = (step - 1.0) / warmup  # lr_max t / W with t = count: the first update is 0
         if name == "constant":
             after = jnp.float32(1.0)
-        elif name == "cosine_torch":
+        elif torch_cos:
             t = jnp.asarray(count, jnp.float32)
             # 1 + cos(x) as 2 cos(x/2)^2: no cancellation in float32 as x -> pi.
             after = 2.0 * jnp.cos(jnp.pi * t / (2 * decay_steps)) ** 2 / torch_norm
+            if name == "cosine_torch_wt103" and warmup > 0:
+                after = after * (warmup - 1) / warmup  # continues from the last warmup lr
         elif name == "cosine":
             progress = jnp.clip((step - warmup) / (decay_steps - warmup), 0.0, 1.0)
             after = min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))

@@ -48,10 +48,10 @@ def train_step(state, carry, batch, *, model, tx, grad_accum_steps=1):
     total = jnp.maximum(jnp.sum(batch["weights"]), 1.0)
 
     def loss_fn(params, carry, mb, rng):
-        logits, carry, aux = model.apply(
-            {"params": params}, mb["inputs"], carry, train=True, rngs={"dropout": rng}
+        # Cross-entropy from logits, or the model's own `nll` when it has one (see losses.py).
+        loss_sum, count, carry, aux = losses.lm_loss(
+            model, params, mb, carry, train=True, rngs={"dropout": rng}
         )
-        loss_sum, count = losses.weighted_xent(logits, mb["targets"], mb["weights"])
         aux_loss = sum(aux.values()) / grad_accum_steps if aux else 0.0
         return loss_sum / total + aux_loss, (carry, loss_sum, count)
 
@@ -155,6 +155,9 @@ def train_and_evaluate(config, workdir, *, devices=None):
     vocab = model.config.vocab_size
     # Every check on the user's input happens before any checkpoint is opened.
     splits = corpora.load_corpus(config.data)
+    corpora.check_vocab_size(config.data, vocab)
+    word = corpora.level(config.data) == "word"  # reports ppl instead of bpc
+    score = "ppl" if word else "bpc"
     b, t = config.train.batch_size, config.train.seq_len
     corpora.check_split("train", splits["train"], batch_size=b, seq_len=t, vocab_size=vocab)
     corpora.check_split(
@@ -243,23 +246,26 @@ def train_and_evaluate(config, workdir, *, devices=None):
                         done,
                         "train",
                         loss=loss,
-                        bpc=losses.bpc(loss),
+                        **losses.scores(loss, word),
                         tokens_per_sec=tok_s,
                         learning_rate=float(schedule(done - 1)),
                         grad_norm=grad_norm,
                         param_norm=param_norm,
                     )
+                    value = losses.scores(loss, word)[score]
                     bar.set_postfix(
-                        loss=f"{loss:.3f}", bpc=f"{losses.bpc(loss):.3f}", tok_s=f"{tok_s:.0f}"
+                        loss=f"{loss:.3f}", **{score: f"{value:.3f}"}, tok_s=f"{tok_s:.0f}"
                     )
-                    summary.update(train_loss=loss, train_bpc=losses.bpc(loss))
+                    summary.update(train_loss=loss, **{f"train_{score}": value})
                     pending, last_logged = [], done
                 is_best = False
                 if done % config.train.eval_every == 0 or last:
                     vloss = validate(state.params)
-                    writer.write(done, "valid", loss=vloss, bpc=losses.bpc(vloss))
-                    bar.write(f"step {done}: valid bpc {losses.bpc(vloss):.4f}")
-                    summary.update(valid_bpc=losses.bpc(vloss))
+                    value = losses.scores(vloss, word)[score]
+                    writer.write(done, "valid", loss=vloss, **{score: value})
+                    bar.write(f"step {done}: valid {score} {value:.4f}")
+                    summary.update(**{f"valid_{score}": value})
+                    # Ranked by bpc (loss / ln 2) at either level: the checkpoint key predates ppl.
                     is_best, best = losses.bpc(vloss) < best, min(best, losses.bpc(vloss))
                 # Under several processes the stop flag is agreed at log steps (one all-gather),
                 # so every host saves and stops at the same step.

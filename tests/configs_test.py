@@ -17,10 +17,18 @@ CONFIGS = sorted(
 )
 
 
-@pytest.mark.parametrize("name", CONFIGS)
-def test_tiny_variant_takes_a_step(name):
+# (config file, variant): each file's `tiny`, plus the other tiny variants it lists.
+TINY = [
+    (name, variant)
+    for name in CONFIGS
+    for variant in getattr(importlib.import_module(f"configs.{name}"), "TINY_VARIANTS", ("tiny",))
+]
+
+
+@pytest.mark.parametrize("name,variant", TINY)
+def test_tiny_variant_takes_a_step(name, variant):
     module = importlib.import_module(f"configs.{name}")
-    config = module.get_config("tiny")
+    config = module.get_config(variant)
     assert config.train.batch_size <= 8 and config.train.seq_len <= 32
     mesh = sharding.make_mesh(jax.devices()[:2])
     model = models.get_model(config)

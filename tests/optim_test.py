@@ -289,3 +289,20 @@ def test_cosine_torch_follows_the_recursive_scheduler():
     np.testing.assert_allclose(_lrs(cfg, range(total)), want, rtol=2e-6)
     # Not the textbook cosine: slightly above lr_max (1 + cos(pi t / T)) / 2 (B7: about x1.004).
     assert want[warmup] > lr_max * (1 + math.cos(math.pi * warmup / total)) / 2
+
+
+def test_cosine_torch_wt103_warms_up_from_zero():
+    """train_wt103.py: the override is lr_max t / W for t < W (the first update uses 0), and
+    the recursive cosine continues from lr_max (W - 1) / W (B7)."""
+    lr_max, warmup, total = 0.3, 5, 40
+    cfg = _cfg(learning_rate=lr_max, warmup_steps=warmup, schedule="cosine_torch_wt103")
+    cfg.decay_steps = total
+    want, lr = [], lr_max
+    for t in range(total):
+        if t < warmup:
+            lr = lr_max * t / warmup
+        want.append(lr)
+        e = t + 1
+        lr = (1 + math.cos(math.pi * e / total)) / (1 + math.cos(math.pi * (e - 1) / total)) * lr
+    np.testing.assert_allclose(_lrs(cfg, range(total)), want, rtol=2e-6, atol=1e-9)
+    assert want[0] == 0.0

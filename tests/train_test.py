@@ -35,6 +35,10 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path):
     assert summary["start_step"] == 2 and summary["step"] == 4
     np.testing.assert_array_equal(_train_losses(tmp_path / "split"), whole)
     assert whole[-1] < whole[0]
+    # Byte level: the metrics.jsonl keys are the same as before word level existed.
+    keys = {"step", "split", "loss", "bpc", "tokens_per_sec", "learning_rate", "grad_norm"}
+    train_events = [e for e in writers.read_metrics(tmp_path / "whole") if e["split"] == "train"]
+    assert all(set(e) == keys | {"param_norm"} for e in train_events)
 
 
 def test_one_device_equals_eight(tmp_path):
@@ -89,3 +93,70 @@ def test_trainer_hooks_clamp_and_trim_adaptive_span(tmp_path):
     ckpts.close()
     zs = [np.asarray(v["attn"]["span_z"]) for k, v in state.params.items() if "layer_" in k]
     assert zs and all(((z >= 0) & (z <= 1)).all() for z in zs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Word level through a model's `nll` (SRU++ with tied adaptive input and softmax)
+
+
+def _word_config(tmp_path, **train_overrides):
+    from configs import sru_pp
+    from lmjax.data import corpora
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 400), ("test", 60)):
+        path = tmp_path / f"{split}.txt"
+        if not path.exists():  # Zipf-like words, so the frequency-sorted clusters are uneven
+            lines = [" ".join(f"w{int(i)}" for i in rng.zipf(1.5, 6) % 40) for _ in range(n)]
+            path.write_text("\n".join(lines) + "\n")
+    config = sru_pp.get_config("wt103_tiny")
+    config.data.update(name="text", level="word", valid_fraction=0.2)
+    config.data.train_path = str(tmp_path / "train.txt")
+    config.data.test_path = str(tmp_path / "test.txt")
+    config.model.vocab_size = corpora.vocab_size(config.data)
+    config.model.adaptive_cutoffs = (4, 12, 24)
+    config.train.update(num_steps=4, checkpoint_every=2, eval_every=2, log_every=1)
+    config.train.update(train_overrides)
+    return config
+
+
+def test_word_level_nll_resumes_exactly_and_reports_ppl(tmp_path, capsys):
+    from lmjax import evaluate, generate
+    from lmjax.errors import UserError
+
+    config = _word_config(tmp_path)
+    assert 24 < config.model.vocab_size <= 41
+    train.train_and_evaluate(config, tmp_path / "whole")
+    events = writers.read_metrics(tmp_path / "whole")
+    whole = _train_losses(tmp_path / "whole")
+    assert len(whole) == 4 and whole[-1] < whole[0]
+    for e in events:  # word level: perplexity beside the loss, no bits per byte
+        assert "bpc" not in e and np.isclose(e["ppl"], np.exp(e["loss"]), rtol=1e-9)
+    assert [e["step"] for e in events if e["split"] == "valid"] == [2, 4]
+
+    train.train_and_evaluate(_word_config(tmp_path, num_steps=2), tmp_path / "split")
+    summary = train.train_and_evaluate(config, tmp_path / "split")
+    assert summary["start_step"] == 2 and "valid_ppl" in summary
+    np.testing.assert_array_equal(_train_losses(tmp_path / "split"), whole)
+
+    results = evaluate.run_eval(config, tmp_path / "whole")
+    out = capsys.readouterr().out
+    assert f"valid ppl {results['valid']:.4f}" in out and f"test ppl {results['test']:.4f}" in out
+    text = generate.run_generate(
+        config, tmp_path / "whole", prompt="w1 w2", length=5, temperature=1.0, top_k=0
+    )
+    assert len(text.split()) <= 5 and all(w.startswith("w") for w in text.split())
+
+    config.model.vocab_size += 1
+    with pytest.raises(UserError, match=f"model.vocab_size={config.model.vocab_size} but"):
+        train.train_and_evaluate(config, tmp_path / "other")
+
+
+def test_word_level_grad_accumulation_equals_full_batch(tmp_path):
+    def run(name, accum):
+        config = _word_config(tmp_path, num_steps=2, grad_accum_steps=accum)
+        config.model.update(dropout_rate=0.0, attn_dropout=0.0, emb_dropout=0.0)
+        train.train_and_evaluate(config, tmp_path / name, devices=jax.devices()[:2])
+        return _train_losses(tmp_path / name)
+
+    np.testing.assert_allclose(run("full", 1), run("accum", 2), rtol=1e-5)

@@ -1,20 +1,23 @@
-"""tensorflow-datasets builders for the Hutter-prize byte corpora enwik8 and text8.
+"""tensorflow-datasets builders: the Hutter-prize byte corpora enwik8 and text8, and
+WikiText-103 at word level.
 
-Both corpora are one 10^8-byte file inside a zip on mattmahoney.net, split by position into
+enwik8 and text8 are one 10^8-byte file inside a zip on mattmahoney.net, split by position into
 90M/5M/5M bytes (train/validation/test), the split every character-level paper reports on.
-The builders store each split as fixed-size byte chunks in order, written as array_record so
-that they are prepared once and read back without TensorFlow (which is never installed):
+WikiText-103 (Merity et al. 2016) is three tokenised files, `wiki.{train,valid,test}.tokens`,
+in a zip on Salesforce's S3; the builder tokenises them as the Transformer-XL pipeline does
+(lmjax/data/words.py) and stores token ids plus the vocabulary.
+The builders store each split as fixed-size chunks in order, written as array_record so that
+they are prepared once and read back without TensorFlow (which is never installed):
 
     builder = Enwik8(data_dir=..., file_format="array_record", source_path="")
     builder.download_and_prepare(download_config=DOWNLOAD_CONFIG)
     train = read_split(builder, "train")  # [90_000_000] uint8
 
-`source_path` is a local copy (the raw file or the zip as distributed); when it is empty the
-builder downloads the zip into tfds' download directory. Every source is checked against the
-published size and sha256 of the raw file, so a local copy, a re-zipped copy and a download all
-prepare the same bytes. A failed download or check raises `SourceError` inside
-`download_and_prepare`; tfds then deletes its incomplete directory, so nothing half-prepared is
-left that a later run could mistake for a prepared dataset.
+`source_path` is a local copy (the raw file or the zip as distributed; for WikiText-103 the zip
+or the unzipped directory); when it is empty the builder downloads the zip into tfds' download
+directory. A failed download or check raises `SourceError` inside `download_and_prepare`; tfds
+then deletes its incomplete directory, so nothing half-prepared is left that a later run could
+mistake for a prepared dataset.
 
 Checksums (the constants below; each value agrees across several independent public sources):
   enwik8.zip   36,445,475 B, sha256 547994d9..: huggingface/datasets,
@@ -26,7 +29,15 @@ Checksums (the constants below; each value agrees across several independent pub
   text8.zip    31,344,016 B: TensorFlow's word2vec tutorial (`maybe_download(.., 31344016)`);
                sha256 a6640522.. pinned in several word2vec/character-LM repositories.
   text8       100,000,000 B, sha256 6e890197.. (same repositories; gluon-nlp gives sha1 0dc3edeb..).
-The raw-file check is what guarantees the bytes; the zip check only rejects a bad download early.
+  wikitext-103-v1.zip  190,229,076 B, sha256 242ba0f2..: huggingface/datasets,
+               datasets/wikitext/dataset_infos.json ("download_checksums"); torchtext's
+               datasets/wikitext103.py pins md5 9ddaacaf6af0710eda8c456decff7832 and 1,801,350 /
+               3,760 / 4,358 lines. Its token counts with one <eos> a line, 103,227,021 /
+               217,646 / 245,569, and the 267,735-word vocabulary are the WikiText paper's
+               (Merity et al. 2016, Table 1) and Transformer-XL's n_token.
+The raw-file check is what guarantees the bytes of enwik8/text8; for WikiText-103, whose files
+have no published digests, the line and token counts of every split and the vocabulary size are
+checked instead. The zip checks only reject a bad download early.
 """
 
 import hashlib
@@ -39,6 +50,8 @@ import zipfile
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
+
+from lmjax.data import words
 
 # Prepared datasets are never fetched from GCS (that check itself needs the network).
 DOWNLOAD_CONFIG = tfds.download.DownloadConfig(try_download_gcs=False)
@@ -133,6 +146,116 @@ class Text8(_HutterBuilder, skip_registration=True):
 BUILDERS = {"enwik8": Enwik8, "text8": Text8}
 
 
+class WikiText103(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """WikiText-103 v1 (tokenised, with <unk>) as int32 token ids; the vocabulary is metadata.
+
+    Tests shrink the count and checksum constants (monkeypatching the class attributes) to
+    prepare a few-line fake corpus.
+    """
+
+    name = "wikitext103"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Transformer-XL tokenisation: <eos> a line, vocabulary by count."}
+    URL = "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-103-v1.zip"
+    ZIP_SIZE = 190_229_076
+    ZIP_SHA256 = "242ba0f20b329cfdf1ccc61e9e9e5b59becf189db7f7a81cd2a0e2fc31539590"
+    FILES = {
+        "train": "wiki.train.tokens",
+        "validation": "wiki.valid.tokens",
+        "test": "wiki.test.tokens",
+    }
+    NUM_LINES = {"train": 1_801_350, "validation": 3_760, "test": 4_358}
+    NUM_TOKENS = {"train": 103_227_021, "validation": 217_646, "test": 245_569}
+    VOCAB_SIZE = 267_735
+    CHUNK_SIZE = 1 << 20  # tokens per record
+    code_path = epath.Path(__file__)  # see _HutterBuilder
+
+    def __init__(self, *, source_path: str = "", **kwargs):
+        self.source_path = os.fspath(source_path)
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="WikiText-103 v1: token ids, <eos> a line; metadata['vocab'] by count.",
+            features=tfds.features.FeaturesDict(
+                {"ids": tfds.features.Tensor(shape=(None,), dtype=np.int32)}
+            ),
+            homepage="https://blog.salesforceairesearch.com/the-wikitext-long-term-dependency-language-modeling-dataset/",
+            disable_shuffling=True,  # record i of a split is its i-th chunk
+            metadata=tfds.core.MetadataDict(),  # written next to the records, read back with them
+        )
+
+    def _split_generators(self, dl_manager):
+        path = self.source_path or download(type(self), dl_manager.download_dir)
+        lines = {
+            split: words.split_lines(text)
+            for split, text in read_wikitext(type(self), path).items()
+        }
+        for split, want in self.NUM_LINES.items():
+            if len(lines[split]) != want:
+                raise SourceError(
+                    f"{path}: {self.FILES[split]} has {len(lines[split]):,} lines, "
+                    f"expected {want:,}"
+                )
+        vocab = words.build_vocab(words.count_words(lines["train"]))
+        if len(vocab) != self.VOCAB_SIZE:
+            raise SourceError(
+                f"{path}: the training split has {len(vocab):,} distinct words with <eos>, "
+                f"expected {self.VOCAB_SIZE:,}"
+            )
+        generators = {}
+        for split, want in self.NUM_TOKENS.items():
+            try:
+                ids = words.encode(lines.pop(split), vocab)  # pop: free each text once encoded
+            except words.UnknownWordError as e:
+                raise SourceError(f"{path}: {self.FILES[split]}: {e}") from e
+            if len(ids) != want:
+                raise SourceError(
+                    f"{path}: {self.FILES[split]} has {len(ids):,} tokens with <eos>, "
+                    f"expected {want:,}"
+                )
+            generators[split] = self._generate_examples(ids)
+        self.info.metadata["vocab"] = list(vocab)
+        return generators
+
+    def _generate_examples(self, ids: np.ndarray):
+        for i, lo in enumerate(range(0, len(ids), self.CHUNK_SIZE)):
+            yield i, {"ids": ids[lo : lo + self.CHUNK_SIZE]}
+
+
+def read_wikitext(cls: type[WikiText103], path: str) -> dict[str, str]:
+    """The three token files' text from a zip (any folder inside) or a directory holding them
+    (directly or in a `wikitext-103/` subdirectory)."""
+    texts = {}
+    try:
+        if os.path.isdir(path):
+            folder = path
+            if not os.path.exists(os.path.join(folder, cls.FILES["train"])):
+                folder = os.path.join(path, "wikitext-103")
+            for split, name in cls.FILES.items():
+                member = os.path.join(folder, name)
+                if not os.path.isfile(member):
+                    raise SourceError(f"{path} is a directory without {name}")
+                with open(member, "rb") as f:
+                    texts[split] = f.read()
+        elif zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                by_name = {os.path.basename(n): n for n in zf.namelist()}
+                for split, name in cls.FILES.items():
+                    if name not in by_name:
+                        raise SourceError(f"{path} is a zip without a member named {name!r}")
+                    texts[split] = zf.read(by_name[name])
+        else:
+            raise SourceError(f"{path} is neither a zip nor a directory of wiki.*.tokens files")
+    except (OSError, zipfile.BadZipFile) as e:
+        raise SourceError(f"cannot read {path} ({getattr(e, 'strerror', None) or e})") from e
+    try:
+        return {split: raw.decode("utf-8") for split, raw in texts.items()}
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{path}: a token file is not UTF-8 ({e})") from e
+
+
 def read_source(cls: type[_HutterBuilder], path: str) -> bytes:
     """The verified raw corpus from a local raw file or zip (as distributed, or re-zipped)."""
     try:
@@ -158,7 +281,7 @@ def read_source(cls: type[_HutterBuilder], path: str) -> bytes:
     return raw
 
 
-def download(cls: type[_HutterBuilder], download_dir) -> str:
+def download(cls, download_dir) -> str:
     """Fetches cls.URL into download_dir (reusing a verified earlier download); returns the path.
 
     The file is written as `<name>.part` and renamed only after its size and sha256 match, so
@@ -199,8 +322,10 @@ def _file_digest(path: str) -> tuple[int, str]:
     return os.path.getsize(path), digest.hexdigest()
 
 
-def read_split(builder: tfds.core.DatasetBuilder, split: str) -> np.ndarray:
-    """A prepared split as one uint8 array: its records concatenated in index (= chunk) order."""
+def read_split(
+    builder: tfds.core.DatasetBuilder, split: str, feature: str = "bytes", dtype=np.uint8
+) -> np.ndarray:
+    """A prepared split as one array: its records concatenated in index (= chunk) order."""
     source = builder.as_data_source(split=split)
-    chunks = [np.asarray(source[i]["bytes"], np.uint8) for i in range(len(source))]
-    return np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
+    chunks = [np.asarray(source[i][feature], dtype) for i in range(len(source))]
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype)

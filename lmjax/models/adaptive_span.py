@@ -25,6 +25,11 @@ Map from the reference to this file:
   PersistentMemory (A.4)          `_SeqAttention` with n > 0: per-head keys √k·P_k, values
                                   √n·P_v, one joint softmax, mask on the context part only
   init (A.6)                      PyTorch defaults: Linear U(±1/√in) weights and biases
+  adaptive_io.py (A.5)            `adaptive_cutoffs`: adaptive input (×√d) and projected
+                                  adaptive softmax (layers/adaptive.py), every cluster projected,
+                                  `cluster_proj` with bias, reversed cluster logits, tables and
+                                  projections tied by `adaptive_tied` (wiki103_pers); `nll`
+                                  gives the loss without [b, t, v] logits
 
 The cache (A.2) holds each layer's *inputs* for the last positions and starts as zeros that are
 not masked: a query near the start of the stream spends softmax mass on zero keys, as in the
@@ -44,11 +49,12 @@ each update; a new value means one recompile, and the 64-rounding makes that rar
 the softmax and renormalises with +1e-8 (a log-mask bias equals it only up to that term, and its
 gradient is 0·∞ where m_z = 0), and the keys form a per-query band. The explicit band is used.
 
-Not reproduced: adaptive input/softmax (wiki103_pers; there is no word-level dataset here), and
-the reference's random restart offset < M when the training data wraps around.
+Not reproduced: the reference's random restart offset < M when the training data wraps around,
+and its dummy 0·Σ(params) loss term with adaptive IO (a DistributedDataParallel workaround).
 """
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
@@ -56,8 +62,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from lmjax.layers import attention
+from lmjax.layers import adaptive, attention
 
 _LN_EPS = 1e-5
 _TRIM_STEP = 64  # the reference rounds trims down to multiples of 64 (and keeps 64 of slack)
@@ -81,6 +88,10 @@ class AdaptiveSpanConfig:
     span_cache: bool = True  # shrink the cache with the span ("--adapt-span-cache")
     pers_mem_size: int = 0  # n persistent vectors per head; > 0 removes the FF sublayer
     trim_lens: tuple = ()  # static T per layer (multiples of 64); () = full span. See adapt_to
+    # --adapt-io (wiki103_pers): adaptive input and softmax; () = embedding + untied Linear
+    adaptive_cutoffs: tuple = ()  # cluster starts, e.g. (20000, 40000, 200000)
+    div_val: int = 4  # --adapt-io-divval: cluster i has width d_model // div_val**i
+    adaptive_tied: bool = True  # --adapt-io-tied: tables and projections shared in and out
     dtype: str = "float32"  # compute dtype; params, LN, softmax, loss and cache stay float32
 
     @property
@@ -256,7 +267,7 @@ class _Layer(nn.Module):
 
 
 class AdaptiveSpan(nn.Module):
-    """The Adaptive-Span (and All-attention) character language model.
+    """The Adaptive-Span (and All-attention) language model, on bytes or (adaptive IO) words.
 
     Attributes:
       config: an AdaptiveSpanConfig.
@@ -298,11 +309,18 @@ class AdaptiveSpan(nn.Module):
             return self
         return self.clone(config=dataclasses.replace(c, trim_lens=trims))
 
-    @nn.compact
-    def __call__(self, tokens, carry=None, *, train):
-        """tokens: [b, t] int. Returns (logits [b, t, v] float32, carry, aux).
+    def nll(self, tokens, targets, carry=None, *, train):
+        """tokens, targets: [b, t] int. Returns (nll [b, t] float32, carry, aux)."""
+        return self(tokens, carry, train=train, targets=targets)
 
-        aux: {"span_penalty": Σ_layers λ·L·mean(z)} with adapt_span, else {}.
+    @nn.compact
+    def __call__(self, tokens, carry=None, *, train, targets=None):
+        """tokens: [b, t] int; targets: [b, t] int or None.
+
+        Returns:
+          (logits [b, t, v] float32 (log-probabilities with adaptive IO), or, given targets,
+          the per-token NLL [b, t] float32; carry; aux). aux: {"span_penalty":
+          Σ_layers λ·L·mean(z)} with adapt_span, else {}.
         """
         c = self.config
         b, t = tokens.shape
@@ -313,9 +331,25 @@ class AdaptiveSpan(nn.Module):
         carry = self.init_carry(b) if carry is None else carry
         assert carry.cache[0].shape == (b, c.attn_span, c.d_model)
         emb_drop = lambda x: nn.Dropout(c.dropout_emb)(x, deterministic=not train)
-        embed = nn.Embed(
-            c.vocab_size, c.d_model, embedding_init=nn.initializers.normal(1.0), name="in_emb"
-        )
+        if c.adaptive_cutoffs:
+            io = adaptive.AdaptiveIO(
+                c.vocab_size,
+                c.d_model,
+                tuple(c.adaptive_cutoffs),
+                d_embed=c.d_model,
+                div_val=c.div_val,
+                scale_embed=True,
+                tie_tables=c.adaptive_tied,
+                tie_projs=c.adaptive_tied,
+                init_scheme="torch",
+                dtype=jnp.dtype(c.dtype),
+                name="adaptive_io",
+            )
+            embed = functools.partial(io.embed, train=train)
+        else:
+            embed = nn.Embed(
+                c.vocab_size, c.d_model, embedding_init=nn.initializers.normal(1.0), name="in_emb"
+            )
         key_pe = self.param("key_pe", nn.initializers.normal(1.0), (c.head_dim, c.attn_span))
         h = emb_drop(embed(tokens))
         caches, penalty = [], 0.0
@@ -326,6 +360,13 @@ class AdaptiveSpan(nn.Module):
             if z is not None:
                 penalty = penalty + c.span_loss * c.attn_span * jnp.mean(z)
         h = emb_drop(h)
-        logits = _dense(c.vocab_size, c.d_model, jnp.float32, "out_emb")(h)
         aux = {"span_penalty": penalty} if c.adapt_span else {}
-        return logits, AdaptiveSpanCarry(tuple(caches)), aux
+        new_carry = AdaptiveSpanCarry(tuple(caches))
+        if c.adaptive_cutoffs:
+            if targets is None:
+                return io.log_probs(h, train=train), new_carry, aux
+            return io.nll(h, targets, train=train), new_carry, aux
+        logits = _dense(c.vocab_size, c.d_model, jnp.float32, "out_emb")(h)
+        if targets is not None:
+            return optax.softmax_cross_entropy_with_integer_labels(logits, targets), new_carry, aux
+        return logits, new_carry, aux

@@ -28,6 +28,10 @@ Map from the reference to this file:
                              b_f = 0, b_r = highway_bias; `_sru2_weight` for 2.6.0's SRU
   dropout (B6)               embedding, attention probabilities, Y before W3, the final hidden;
                              the per-segment mask m on (c − s) in every layer but the last
+  train_wt103 (B4)           `adaptive_cutoffs`: adaptive input and softmax (layers/adaptive.py)
+                             with tables and projections tied, emb_dropout inside, reversed
+                             cluster logits, no input scaling; `nll` gives the loss without
+                             [b, t, v] logits, `__call__` the full log-probabilities
 
 The memory is a fixed buffer of `mem_len` slots per attention layer plus a per-row count of
 valid slots (static shapes). The reference keeps exactly the previous segment; with the fixed
@@ -43,8 +47,9 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
-from lmjax.layers import attention, scan
+from lmjax.layers import adaptive, attention, scan
 
 _LN_EPS = 1e-5
 _MASK_VALUE = -10000.0  # the reference's additive mask constant (B11.7), not -inf
@@ -63,6 +68,11 @@ class SRUppConfig:
     dropout_rate: float = 0.22  # embedding, before W3, recurrence mask, final hidden
     attn_dropout: float = 0.22  # attention probabilities
     tie_embeddings: bool = False  # enwik8 has an untied output Linear (with bias)
+    # wt103 (B4): adaptive input + softmax when cutoffs are given, tied by tie_embeddings
+    adaptive_cutoffs: tuple = ()  # cluster starts, e.g. (19997, 39997, 199997); () = plain
+    d_embed: int = 1024  # n_e: cluster 0's embedding width (adaptive only)
+    div_val: int = 4  # cluster i has width d_embed // div_val**i (adaptive only)
+    emb_dropout: float = 0.0  # inside the adaptive input and softmax
     rescale: bool = False  # scale the skip input by √(1 + 2 e^{highway_bias})
     vc_terms: bool = True  # v ⊙ c in the gates; False is the reference's v1 (weight_c ≡ 0)
     weight_c_init: float = 1.0  # weight_c ~ U(±weight_c_init)
@@ -405,7 +415,8 @@ class _SRUppLayer(nn.Module):
 
 
 class SRUpp(nn.Module):
-    """The SRU++ language model (B3): Drop(E[x]) -> SRU++ layers -> Drop -> output layer.
+    """The SRU++ language model (B3): Drop(E[x]) -> SRU++ layers -> Drop -> output layer; with
+    `adaptive_cutoffs` the embedding and output layer are the tied adaptive ones (B4).
 
     Attributes:
       config: an SRUppConfig.
@@ -423,17 +434,42 @@ class SRUpp(nn.Module):
             mem_count=jnp.zeros((batch_size,), jnp.int32),
         )
 
+    def nll(self, tokens, targets, carry=None, *, train):
+        """tokens, targets: [b, t] int. Returns (nll [b, t] float32, carry, aux {})."""
+        return self(tokens, carry, train=train, targets=targets)
+
     @nn.compact
-    def __call__(self, tokens, carry=None, *, train):
-        """tokens: [b, t] int. Returns (logits [b, t, v] float32, carry, aux {})."""
+    def __call__(self, tokens, carry=None, *, train, targets=None):
+        """tokens: [b, t] int; targets: [b, t] int or None.
+
+        Returns:
+          (logits [b, t, v] float32 (log-probabilities when adaptive), or, given targets,
+          the per-token NLL [b, t] float32; carry; aux {}).
+        """
         c = self.config
         b, t = tokens.shape
         assert c.attn_dim % c.num_heads == 0 and c.attn_every_k >= 1, c
         carry = self.init_carry(b) if carry is None else carry
         drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=not train)
         init = _uniform(math.sqrt(3.0 / c.d_model))
-        embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=init, name="embed")
-        x = drop(embed(tokens)).astype(jnp.dtype(c.dtype))
+        if c.adaptive_cutoffs:
+            io = adaptive.AdaptiveIO(
+                c.vocab_size,
+                c.d_model,
+                tuple(c.adaptive_cutoffs),
+                d_embed=c.d_embed,
+                div_val=c.div_val,
+                dropout_rate=c.emb_dropout,
+                tie_tables=c.tie_embeddings,
+                tie_projs=c.tie_embeddings,
+                init_scheme="xavier",  # train_wt103.py init_weights: U(±√(3/d)), xavier, 0
+                dtype=jnp.dtype(c.dtype),
+                name="adaptive",
+            )
+            x = drop(io.embed(tokens, train=train)).astype(jnp.dtype(c.dtype))
+        else:
+            embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=init, name="embed")
+            x = drop(embed(tokens)).astype(jnp.dtype(c.dtype))
         mask = _attention_mask(t, c.mem_len, carry.mem_count, same_length=not train)
         states, memories = [], []
         for i in range(c.num_layers):
@@ -464,13 +500,21 @@ class SRUpp(nn.Module):
             x, state = layer(x, carry.c[i], memory, layer_mask, train=train)
             states.append(state)
         h = drop(x).astype(jnp.float32)
+        new_carry = SRUppCarry(
+            tuple(states), tuple(memories), jnp.minimum(carry.mem_count + t, c.mem_len)
+        )
+        if c.adaptive_cutoffs:
+            if targets is None:
+                return io.log_probs(h, train=train), new_carry, {}
+            return io.nll(h, targets, train=train), new_carry, {}
         if c.tie_embeddings:
             bias = self.param("output_bias", nn.initializers.zeros, (c.vocab_size,))
             logits = embed.attend(h) + bias[None, None]
         else:
             logits = nn.Dense(c.vocab_size, kernel_init=init, name="output")(h)
-        mem_count = jnp.minimum(carry.mem_count + t, c.mem_len)
-        return logits, SRUppCarry(tuple(states), tuple(memories), mem_count), {}
+        if targets is not None:
+            return optax.softmax_cross_entropy_with_integer_labels(logits, targets), new_carry, {}
+        return logits, new_carry, {}
 
 
 class SRULM(nn.Module):

@@ -328,3 +328,74 @@ def test_param_counts_match_the_reference(variant, millions):
     init = lambda: model.init(jax.random.PRNGKey(0), _tokens(1, 4), None, train=False)
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(jax.eval_shape(init)))
     assert abs(count / 1e6 - millions) < 0.05, count
+
+
+# ---------------------------------------------------------------------------------------------
+# wiki103_pers: All-attention with tied adaptive input and softmax (A.5)
+
+
+def _pers_model(**overrides):
+    config = as_config.get_config("wiki103_pers_tiny")
+    for k, v in overrides.items():
+        config.model[k] = v
+    return models.get_model(config)
+
+
+def test_adaptive_io_nll_log_probs_and_split_through_carry():
+    model = _pers_model()
+    tokens, targets = _tokens(2, 16), _tokens(2, 16, seed=1)
+    params = _perturbed_params(model, tokens)
+    assert "in_emb" not in params and "out_emb" not in params and "adaptive_io" in params
+    logp, carry, aux = _apply(model, params, tokens)
+    assert logp.shape == (2, 16, 256) and "span_penalty" in aux
+    np.testing.assert_allclose(jnp.exp(logp).sum(-1), 1.0, rtol=1e-5)
+    nll_fn = jax.jit(
+        lambda x, y, c: model.apply({"params": params}, x, y, c, train=False, method=model.nll)
+    )
+    nll, _, nll_aux = nll_fn(tokens, targets, None)
+    expected = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    np.testing.assert_allclose(nll, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(nll_aux["span_penalty"], aux["span_penalty"], rtol=1e-6)
+    first, c1, _ = nll_fn(tokens[:, :5], targets[:, :5], None)
+    second, _, _ = nll_fn(tokens[:, 5:], targets[:, 5:], c1)
+    np.testing.assert_allclose(jnp.concatenate([first, second], 1), nll, rtol=1e-5, atol=1e-5)
+
+
+def test_adaptive_io_gradients_and_init():
+    model = _pers_model(dropout_rate=0.0, dropout_emb=0.0)
+    tokens, targets = _tokens(2, 16), _tokens(2, 16, seed=1)
+    fresh = model.init(jax.random.PRNGKey(0), tokens, None, train=False)["params"]["adaptive_io"]
+    # PyTorch defaults (A.5): nn.Embedding N(0, 1) tables, nn.Linear(e, .) projections.
+    np.testing.assert_allclose(np.std(fresh["table_0"]), 1.0, rtol=0.1)
+    assert 0.2 < np.abs(fresh["proj_1"]).max() <= 1 / np.sqrt(16)  # e_1 = 32 // 2
+    params = _perturbed_params(model, tokens)
+    carry = _apply(model, params, tokens)[1]
+
+    def loss(p):
+        nll, _, aux = model.apply(
+            {"params": p}, tokens, targets, carry, train=True, method=model.nll
+        )
+        return jnp.mean(nll) + aux["span_penalty"]
+
+    for path, g in jax.tree_util.tree_leaves_with_path(jax.jit(jax.grad(loss))(params)):
+        assert np.all(np.isfinite(g)), jax.tree_util.keystr(path)
+        assert np.abs(g).max() > 0, jax.tree_util.keystr(path)
+
+
+def test_wiki103_pers_config_and_parameter_count():
+    """README: 133M. Counted: 36 x (4 x 512^2 + LN + spans + 2 x 8 x 64 x 2048 persistent)
+    + key_pe + tied tables (20000 x 512, 20000 x 128, 160000 x 32, 67735 x 8), projections
+    512 x (512, 128, 32, 8), output biases and cluster_proj (3 x 512 + 3) = 132,493,746."""
+    config = as_config.get_config("wiki103_pers")
+    m = config.model
+    assert (config.data.name, config.data.level, m.vocab_size) == ("wikitext103", "word", 267_735)
+    assert (m.adaptive_cutoffs, m.div_val, m.adaptive_tied) == ((20000, 40000, 200000), 4, True)
+    assert (m.num_layers, m.pers_mem_size, m.attn_span, m.dropout_emb) == (36, 2048, 2048, 0.1)
+    assert (config.optim.name, config.optim.learning_rate, config.optim.grad_clip) == (
+        "adam", 2.5e-4, 1.0,
+    )  # fmt: skip
+    assert (config.train.seq_len, config.train.grad_accum_steps) == (256, 2)
+    model = models.get_model(config)
+    init = lambda: model.init(jax.random.PRNGKey(0), _tokens(1, 4), None, train=False)
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(jax.eval_shape(init)))
+    assert count == 132_493_746

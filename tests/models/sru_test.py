@@ -298,3 +298,83 @@ def test_one_device_equals_eight(tmp_path):
     one, eight = losses("one", jax.devices()[:1]), losses("eight", None)
     assert len(one) == 2
     np.testing.assert_allclose(one, eight, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# wt103: tied adaptive input and softmax (B4)
+
+
+def _wt103_tiny(**overrides):
+    config = srupp_config.get_config("wt103_tiny")
+    for k, v in overrides.items():
+        config.model[k] = v
+    return models.get_model(config)
+
+
+def test_adaptive_io_nll_log_probs_and_split_through_carry():
+    model = _wt103_tiny()
+    tokens, targets = _tokens(2, 16), _tokens(2, 16, seed=1)
+    params = _perturbed_params(model, tokens)
+    assert "embed" not in params and "output" not in params and "adaptive" in params
+    logp, carry, aux = _apply(model, params)(tokens, None)
+    assert logp.shape == (2, 16, 256) and logp.dtype == jnp.float32 and aux == {}
+    np.testing.assert_allclose(jnp.exp(logp).sum(-1), 1.0, rtol=1e-5)
+    nll_fn = jax.jit(
+        lambda x, y, c: model.apply({"params": params}, x, y, c, train=False, method=model.nll)
+    )
+    nll, nll_carry, _ = nll_fn(tokens, targets, None)
+    assert nll.shape == (2, 16) and nll.dtype == jnp.float32
+    expected = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    np.testing.assert_allclose(nll, expected, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(carry), jax.tree.leaves(nll_carry), strict=True):
+        np.testing.assert_array_equal(a, b)
+    first, c1, _ = nll_fn(tokens[:, :7], targets[:, :7], None)
+    second, c2, _ = nll_fn(tokens[:, 7:], targets[:, 7:], c1)
+    np.testing.assert_allclose(jnp.concatenate([first, second], 1), nll, rtol=1e-5, atol=1e-5)
+
+
+def test_adaptive_io_gradients_finite_and_nonzero():
+    model = _wt103_tiny(dropout_rate=0.0, attn_dropout=0.0, emb_dropout=0.0)
+    tokens, targets = _tokens(2, 16), _tokens(2, 16, seed=1)
+    params = _perturbed_params(model, tokens)
+    carry = _apply(model, params)(tokens, None)[1]
+
+    def loss(p):
+        nll, _, _ = model.apply({"params": p}, tokens, targets, carry, train=True, method=model.nll)
+        return jnp.mean(nll)
+
+    for path, g in jax.tree_util.tree_leaves_with_path(jax.jit(jax.grad(loss))(params)):
+        assert np.all(np.isfinite(g)), jax.tree_util.keystr(path)
+        assert np.abs(g).max() > 0, jax.tree_util.keystr(path)
+
+
+@pytest.mark.parametrize("variant,want", [("wt103", 147_676_036), ("wt103_large", 231_690_116)])
+def test_wt103_parameter_count(variant, want):
+    """README: 148M base, 232M large. The reference's count: 10 SRU++ layers plus the tied
+    adaptive tables (20000 x 1024 with the 3 cluster rows, 20000 x 256, 160000 x 64,
+    67738 x 16), their biases and the 4 projections d x (1024, 256, 64, 16)."""
+    model = models.get_model(srupp_config.get_config(variant))
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32), train=False)
+    )
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == want
+
+
+def test_wt103_config_follows_the_reference():
+    c = srupp_config.get_config("wt103")
+    m = c.model
+    assert (c.data.name, c.data.level, m.vocab_size) == ("wikitext103", "word", 267_735)
+    assert (m.adaptive_cutoffs, m.d_embed, m.div_val, m.tie_embeddings) == (
+        (19997, 39997, 199997), 1024, 4, True,
+    )  # fmt: skip
+    assert (m.dropout_rate, m.attn_dropout, m.emb_dropout) == (0.15, 0.15, 0.15)
+    assert (m.mem_len, c.train.seq_len, c.train.batch_size, c.eval.batch_size) == (
+        768, 768, 64, 16,
+    )  # fmt: skip
+    assert (c.optim.schedule, c.optim.warmup_steps, c.optim.decay_steps) == (
+        "cosine_torch_wt103", 16_000, 400_000,
+    )  # fmt: skip
+    large = srupp_config.get_config("wt103_large").model
+    assert (large.d_model, large.attn_dim, large.mem_len, large.emb_dropout) == (
+        4096, 1024, 1024, 0.2,
+    )  # fmt: skip
