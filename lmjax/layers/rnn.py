@@ -87,25 +87,25 @@ def _lstm_fwd(w_hh, xw, h0, c0, unroll):
         i, f, g, o = jnp.split(acts, 4, axis=-1)
         c_new = f * c + i * g
         h_new = o * jnp.tanh(c_new)
-        # The incoming h and c are saved from inside the loop: one more [b, d] write per step
-        # is cheaper than concatenating shifted copies of the outputs afterwards.
-        return LSTMCarry(h_new, c_new), (h_new, h, c, acts)
+        return LSTMCarry(h_new, c_new), (h_new, c_new, acts)
 
-    carry, (hs, h_prev, c_prev, acts) = jax.lax.scan(step, LSTMCarry(h0, c0), xw, unroll=unroll)
-    return (hs, carry), (w_hh, h_prev, c_prev, acts)
+    carry, (hs, cs, acts) = jax.lax.scan(step, LSTMCarry(h0, c0), xw, unroll=unroll)
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+    c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)
+    return (hs, carry), (w_hh, h_prev, c_prev, cs, acts)
 
 
 def _lstm_bwd(unroll, res, cotangents):
-    w_hh, h_prev, c_prev, acts = res
+    w_hh, h_prev, c_prev, cs, acts = res
     dys, (dh_last, dc_last) = cotangents
     w_t = w_hh.T
 
     def step(carry, xs):
         dh_next, dc_next = carry
-        dy, a, cp = xs
+        dy, a, c, cp = xs
         i, f, g, o = jnp.split(a, 4, axis=-1)
         dh = dy + dh_next
-        tc = jnp.tanh(f * cp + i * g)  # tanh(c_t), recomputed from the saved gates
+        tc = jnp.tanh(c)
         dc = dc_next + dh * o * (1 - tc * tc)
         dz = jnp.concatenate(
             [
@@ -122,7 +122,7 @@ def _lstm_bwd(unroll, res, cotangents):
     (dh0, dc0), dz = jax.lax.scan(
         step,
         (dh_last, dc_last),
-        (dys.astype(jnp.float32), acts, c_prev),
+        (dys.astype(jnp.float32), acts, cs, c_prev),
         reverse=True,
         unroll=unroll,
     )
