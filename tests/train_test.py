@@ -51,6 +51,20 @@ def test_one_device_equals_eight(tmp_path):
     )
 
 
+@pytest.mark.parametrize("family", ["transformer_xl", "adaptive_span"])
+def test_attention_families_one_device_equals_eight(family, tmp_path):
+    """SHA-RNN is checked above and SRU/SRU++ in tests/models/sru_test.py."""
+    import importlib
+
+    config = importlib.import_module(f"configs.{family}").get_config("tiny")
+    config.train.num_steps = 2
+    train.train_and_evaluate(config, tmp_path / "one", devices=jax.devices()[:1])
+    train.train_and_evaluate(config, tmp_path / "eight")
+    np.testing.assert_allclose(
+        _train_losses(tmp_path / "one"), _train_losses(tmp_path / "eight"), rtol=1e-5
+    )
+
+
 def test_grad_accumulation_equals_full_batch(tmp_path):
     def run(name, accum):
         config = _config(num_steps=2, grad_accum_steps=accum)
