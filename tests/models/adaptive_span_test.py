@@ -13,23 +13,15 @@ from configs import adaptive_span as as_config
 from lmjax import models, optim, train
 from lmjax import state as state_lib
 from lmjax.models import adaptive_span
+from tests.models import family
 
-
-def _model(**overrides):
-    config = as_config.get_config("tiny")
-    for k, v in overrides.items():
-        config.model[k] = v
-    return models.get_model(config)
+_model = functools.partial(family.tiny_model, as_config)
 
 
 def _perturbed_params(model, tokens, seed=0, z=None):
     """Random values everywhere (unit LN gains and zero biases would hide bugs); spans `z`
     [layers, heads] as fractions of L, or random in [0, 0.3]."""
-    params = model.init(jax.random.PRNGKey(seed), tokens, None, train=False)["params"]
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-    leaves = [p + 0.2 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
-    params = jax.tree.unflatten(treedef, leaves)
+    params = family.perturbed_params(model, tokens, seed, scale=0.2)
     c = model.config
     if z is None:
         z = jax.random.uniform(jax.random.PRNGKey(seed + 2), (c.num_layers, c.num_heads)) * 0.3
@@ -43,8 +35,7 @@ def _set_spans(params, z):
     return params
 
 
-def _tokens(b, t, seed=0):
-    return jax.random.randint(jax.random.PRNGKey(seed), (b, t), 0, 256)
+_tokens = family.random_tokens
 
 
 def _apply(model, params, tokens, carry=None):

@@ -1,37 +1,20 @@
 """SHA-RNN: the five family tests (STYLE.md §7) plus the paper's quirks."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import sha_rnn as sha_config
-from lmjax import models
 from lmjax.models import sha_rnn
+from tests.models import family
 
-
-def _model(**overrides):
-    config = sha_config.get_config("tiny")
-    for k, v in overrides.items():
-        config.model[k] = v
-    return models.get_model(config)
-
-
-def _perturbed_params(model, tokens, seed=0):
-    """Random values everywhere: zero gate logits, γ=1 and zero biases would hide bugs."""
-    params = model.init(jax.random.PRNGKey(seed), tokens, None, train=False)["params"]
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-    leaves = [p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
-    return jax.tree.unflatten(treedef, leaves)
-
-
-def _jit_apply(model, params):
-    return jax.jit(lambda x, c: model.apply({"params": params}, x, c, train=False))
-
-
-def _tokens(b, t, seed=0):
-    return jax.random.randint(jax.random.PRNGKey(seed), (b, t), 0, 256)
+_model = functools.partial(family.tiny_model, sha_config)
+_perturbed_params = family.perturbed_params
+_jit_apply = family.jit_apply
+_tokens = family.random_tokens
 
 
 def test_shapes_and_dtypes():

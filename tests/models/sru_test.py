@@ -9,33 +9,18 @@ from configs import sru as sru_config
 from configs import sru_pp as srupp_config
 from lmjax import models, train, writers
 from lmjax.models import sru
+from tests.models import family
 
 CONFIGS = {"sru_pp": srupp_config, "sru": sru_config}
 
 
 def _model(name="sru_pp", **overrides):
-    config = CONFIGS[name].get_config("tiny")
-    for k, v in overrides.items():
-        config.model[k] = v
-    return models.get_model(config)
+    return family.tiny_model(CONFIGS[name], **overrides)
 
 
-def _tokens(b, t, seed=0):
-    return jax.random.randint(jax.random.PRNGKey(seed), (b, t), 0, 256)
-
-
-def _perturbed_params(model, tokens, seed=0, scale=0.3):
-    """Random values everywhere: α = 0, γ = 1 and constant biases would hide bugs."""
-    init = jax.jit(lambda key: model.init(key, tokens, None, train=False)["params"])
-    params = init(jax.random.PRNGKey(seed))
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-    leaves = [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
-    return jax.tree.unflatten(treedef, leaves)
-
-
-def _apply(model, params):
-    return jax.jit(lambda x, c: model.apply({"params": params}, x, c, train=False))
+_tokens = family.random_tokens
+_perturbed_params = family.perturbed_params
+_apply = family.jit_apply
 
 
 @pytest.mark.parametrize("name", ["sru_pp", "sru"])
