@@ -43,7 +43,8 @@ def parse_arg(arg, **defaults):
 def base_config():
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.model_name = ""
+    config.task = "lm"  # what is learned: lmjax/tasks (data, loss, evaluation, decoding)
+    config.model_name = ""  # the family: lmjax/models registry
     config.init_from = ""  # a checkpoint directory to start from when the workdir has none
 
     config.data = ml_collections.ConfigDict()

@@ -1,9 +1,12 @@
 """Training-step benchmark: `python -m lmjax.bench --config=configs/sha_rnn.py:cpu [--steps=N]`.
 
-Times full training steps (forward, backward, optimizer update) at the config's shape on
-synthetic tokens, after warm-up, with the carried state fed back as in training. Prints one JSON
-line: config, params, batch_size, seq_len, devices, backend, step_ms_median, tokens_per_sec,
-peak_rss_mb (and peak device memory where the backend reports it). Never run inside tests.
+Times the trainer's own training step (forward, backward, optimizer update: `bench.setup` builds
+it as `train.train_and_evaluate` does, including the family's `adapt_to` on the initial
+parameters) at the config's shape on a synthetic batch from the task, after warm-up, with the
+carried state fed back as in training. Prints one JSON line: config, params, batch_shape,
+devices, backend, the model's static facts (`describe()`, e.g. Adaptive-Span's trim_lens),
+step_ms_median, tokens_per_sec (targets per second, as the trainer logs), peak_rss_mb (and peak
+device memory where the backend reports it). Never run inside tests.
 """
 
 import json
@@ -24,48 +27,57 @@ flags.DEFINE_integer("steps", 20, "Timed steps after warm-up.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps (the first compiles).")
 
 
-def benchmark(config, steps=20, warmup=3):
-    from lmjax import models, optim, sharding, train
+def setup(config, mesh):
+    """The trainer's own set-up, minus the data: task, model adapted to the initial parameters
+    (Adaptive-Span's trim from its initial spans, as `train_and_evaluate` computes it), state,
+    carry and the jitted training step."""
+    from lmjax import models, optim, tasks, train
     from lmjax import state as state_lib
 
-    mesh = sharding.make_mesh()
-    b, t = config.train.batch_size, config.train.seq_len
-    sharding.check_batch("train.batch_size", b, mesh, config.train.grad_accum_steps)
+    task = tasks.get_task(config)
     model = models.get_model(config)
     tx, _ = optim.make_optimizer(config.optim)
-    state = state_lib.sharded_train_state(config, model, tx, mesh)
-    carry = state_lib.zero_carry(model, b, mesh)
-    step_fn = train.make_train_step(model, tx, mesh, state, carry, config.train.grad_accum_steps)
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, model.config.vocab_size, (b, t + 1), dtype=np.int32)
-    batch = sharding.shard_host_batch(
-        mesh,
-        {
-            "inputs": tokens[:, :-1],
-            "targets": tokens[:, 1:],
-            "weights": np.ones((b, t), np.float32),
-        },
+    state = state_lib.sharded_train_state(config, model, tx, mesh, task.init_inputs())
+    model = model.adapt_to(state.params)
+    carry = state_lib.zero_carry(model, config.train.batch_size, mesh)
+    step_fn = train.make_train_step(
+        task, model, tx, mesh, state, carry, config.train.grad_accum_steps
     )
-    times = []
+    return task, model, state, carry, step_fn
+
+
+def benchmark(config, steps=20, warmup=3):
+    from lmjax import sharding
+
+    mesh = sharding.make_mesh()
+    sharding.check_batch(
+        "train.batch_size", config.train.batch_size, mesh, config.train.grad_accum_steps
+    )
+    task, model, state, carry, step_fn = setup(config, mesh)
+    host_batch = task.synthetic_batch(model)
+    batch = sharding.shard_host_batch(mesh, host_batch)
+    times, counts = [], []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         state, carry, metrics = step_fn(state, carry, batch)
         jax.block_until_ready(metrics)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+            counts.append(float(sharding.to_host(metrics["count"])))
     median = float(np.median(times))
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     out = {
         "config": config.model_name,
         "params": params,
-        "batch_size": b,
-        "seq_len": t,
-        "dtype": model.config.dtype,
+        "batch_shape": {k: list(v.shape) for k, v in host_batch.items()},
+        "dtype": getattr(model.config, "dtype", "float32"),
         "devices": jax.device_count(),
         "backend": jax.default_backend(),
+        **model.describe(),
         "step_ms_median": round(1000 * median, 2),
         "step_ms_min": round(1000 * min(times), 2),
-        "tokens_per_sec": round(b * t / median, 1),
+        # Targets per second, as the trainer logs it (the task's count of a batch).
+        "tokens_per_sec": round(float(np.median(counts)) / median, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     stats = jax.devices()[0].memory_stats() or {}

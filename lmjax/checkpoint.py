@@ -1,11 +1,17 @@
 """Checkpoints: orbax managers for the last N and the best-by-validation checkpoints.
 
-A checkpoint holds the TrainState (params, optimizer state, step, base RNG), the carried recurrent
-state and attention memory, and a JSON `meta` (step, data position, best validation bpc). The data
-position is a pure function of the step (`LMStream.train_window(step)`), so restoring these three
-items reproduces an uninterrupted run exactly.
+A checkpoint holds the TrainState (params, optimizer state, step, base RNG), the carried state
+(the recurrent state and attention memory; no item for families without state) and a JSON
+`meta` (step, the best validation value so far and its metric, model and task names). The data
+position is a pure function of the step (`Task.train_batch(step)`), so restoring these items
+reproduces an uninterrupted run exactly. Checkpoints written before the task seam stored the best
+validation bpc as `best_valid_bpc`; `upgrade_meta` reads them.
 
-Resume order (`restore_or_init` in train.py):
+Evaluation, generation and `init_from` need only the parameters: `restore_params` builds the rest
+of its restore target from the checkpoint's own metadata, so the optimizer, batch and schedule of
+the config do not matter to them.
+
+Resume order (train.py):
   (1) the latest intact checkpoint in `workdir/checkpoints`;
   (2) `config.init_from`: parameters only, fresh optimizer, data and state from the start
       (the SHA-RNN second pass at half the learning rate);
@@ -16,6 +22,8 @@ the run stops rather than silently starting over on top of them. orbax writes ea
 a temporary directory and renames it when complete, so a save cut short is never picked up.
 """
 
+import functools
+import math
 import os
 import time
 
@@ -66,12 +74,12 @@ class Checkpoints:
         self.best = _manager(os.path.join(self.workdir, "best"), 1)
 
     def save(self, step, state, carry, meta, *, best=False):
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            carry=ocp.args.StandardSave(carry),
-            meta=ocp.args.JsonSave(meta),
+        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        if carry is not None:
+            items["carry"] = ocp.args.StandardSave(carry)
+        (self.best if best else self.latest).save(
+            step, args=ocp.args.Composite(**items), force=True
         )
-        (self.best if best else self.latest).save(step, args=args, force=True)
 
     def wait(self):
         self.latest.wait_until_finished()
@@ -86,21 +94,62 @@ class Checkpoints:
 
         `state` and `carry` are targets (arrays or ShapeDtypeStructs with shardings).
         """
-        return _restore_newest(self.latest, state, carry)
+        return _restore_newest(self.latest, lambda step: state, carry)
 
-    def restore_for_eval(self, state):
-        """(state, meta, path) from best/ if it exists, else checkpoints/. Raises if neither."""
+    def restore_params(self, params):
+        """(params, meta, path) from best/ if it has a checkpoint, else checkpoints/.
+
+        `params` is the target (ShapeDtypeStructs with shardings); the optimizer state and the
+        rest are read with the shapes the checkpoint itself records. Raises if there is none.
+        """
         for mngr in (self.best, self.latest):
             if mngr.all_steps():
-                out = _restore_newest(mngr, state, None)
-                return out[0], out[2], out[3]
+                target = functools.partial(_params_target, mngr, params)
+                state, _, meta, path = _restore_newest(mngr, target, None)
+                return state["params"], meta, path
         raise UserError(f"no checkpoint in {self.workdir}: train first (--mode=train)")
+
+
+def restore_params(workdir, params):
+    """The parameters of `workdir`'s best (else latest) checkpoint: (params, meta, path).
+
+    Used by --mode=eval, --mode=generate and `init_from`; never creates a directory.
+    """
+    ckpts = Checkpoints(workdir, read_only=True)
+    try:
+        return ckpts.restore_params(params)
+    finally:
+        ckpts.close()
+
+
+def upgrade_meta(meta):
+    """`meta` in the current layout: pre-seam checkpoints kept the best validation bpc as
+    `best_valid_bpc` (inf before any validation); it is loss / ln 2, so the best loss is
+    bpc · ln 2."""
+    if "best" not in meta and "best_valid_bpc" in meta:
+        bpc = meta["best_valid_bpc"]
+        value = None if bpc is None or math.isinf(bpc) else bpc * math.log(2)
+        meta = dict(meta, best={"metric": "loss", "value": value})
+    return meta
+
+
+def _params_target(mngr, params, step):
+    """A TrainState-shaped restore target: `params` as given, the other leaves as stored."""
+    stored = mngr.item_metadata(step)["state"]
+    stored = getattr(stored, "tree", stored)
+    sharding = jax.tree.leaves(params)[0].sharding
+    is_leaf = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
+    shaped = lambda x: jax.ShapeDtypeStruct(tuple(x.shape), x.dtype, sharding=sharding)
+    target = {k: jax.tree.map(shaped, v, is_leaf=is_leaf) for k, v in stored.items()}
+    target["params"] = params
+    return target
 
 
 def _check_compatible(mngr, step, state):
     path = os.path.join(str(mngr.directory), str(step))
     stored = _param_shapes(mngr.item_metadata(step)["state"]["params"])
-    wanted = _param_shapes(state.params)
+    params = state["params"] if isinstance(state, dict) else state.params
+    wanted = _param_shapes(params)
     for name in sorted(set(stored) | set(wanted)):
         if stored.get(name) != wanted.get(name):
             raise UserError(
@@ -110,11 +159,13 @@ def _check_compatible(mngr, step, state):
             )
 
 
-def _restore_newest(mngr, state, carry):
+def _restore_newest(mngr, target, carry):
+    """Restores the newest intact step of `mngr`; `target(step)` gives the state target."""
     steps = sorted(mngr.all_steps(), reverse=True)
     for i, step in enumerate(steps):
         path = os.path.join(str(mngr.directory), str(step))
         try:
+            state = target(step)
             _check_compatible(mngr, step, state)
             items = dict(
                 state=ocp.args.StandardRestore(_abstract(state)), meta=ocp.args.JsonRestore()
@@ -148,5 +199,6 @@ def _restore_newest(mngr, state, carry):
             logging.warning(message)
             print(f"warning: {message}")
             continue
-        return restored.state, (restored.carry if carry is not None else None), restored.meta, path
+        meta = upgrade_meta(restored.meta)
+        return restored.state, (restored.carry if carry is not None else None), meta, path
     return None

@@ -1,10 +1,14 @@
 """The one trainer: `train_and_evaluate(config, workdir)` for every model family.
 
-`train_step` is a module-level pure function, jitted once with shardings and buffer donation over
-a mesh of all devices: parameters and optimizer state replicated, the batch and the carried
-recurrent state split along the batch axis. Windows of each split are read in order, so the state
-carried into step k is the true history of every row (truncated backpropagation through time).
-Metrics leave the device as sums and counts and are divided on the host.
+The trainer owns the mesh, the TrainState, the jitted step, the loop, checkpoints and logging.
+What is learned is the Task's (tasks/: data, batches, loss, evaluation, decoding) and the
+family's (models/base.py: the forward pass, its carry and hooks); this file names no field of
+either. `train_step` is a module-level pure function, jitted once with shardings and buffer
+donation over a mesh of all devices: parameters and optimizer state replicated, the batch and
+the carried state split along the batch axis, the carry fed from one step to the next
+(truncated backpropagation through time) and reset where the task says a new pass begins.
+Metrics leave the device as sums and counts and are divided on the host; every aux scalar of
+the family is logged.
 """
 
 import functools
@@ -17,9 +21,8 @@ import numpy as np
 import optax
 import tqdm
 
-from lmjax import checkpoint, evaluate, losses, models, optim, sharding, writers
+from lmjax import checkpoint, models, optim, sharding, tasks, writers
 from lmjax import state as state_lib
-from lmjax.data import corpora, lm
 from lmjax.errors import UserError
 
 
@@ -37,59 +40,76 @@ def _join_micro(x):
     return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])
 
 
-def train_step(state, carry, batch, *, model, tx, grad_accum_steps=1):
-    """One optimizer update on a [b, t] window. Returns (state, carry, metric sums).
+def _rngs(model, rng):
+    """The step's RNG streams: the family's first stream gets `rng` itself (so a family with
+    only dropout draws exactly what it always has), the others keys folded from it."""
+    return {
+        name: rng if i == 0 else jax.random.fold_in(rng, _STREAM_SALT + i)
+        for i, name in enumerate(model.rng_streams)
+    }
+
+
+_STREAM_SALT = 0x5EED0000  # far from the micro-batch indices folded into the same key
+
+
+def train_step(state, carry, batch, *, task, model, tx, grad_accum_steps=1):
+    """One optimizer update on one batch. Returns (state, carry, metric sums).
 
     With grad_accum_steps = k the rows are split into k micro-batches (each with its own rows'
     carry) whose gradients are summed: the same update as the full batch without dropout.
+    Metrics: the task's loss sum and target count, gradient and parameter norms, and the
+    family's aux scalars (averaged over micro-batches) under "aux".
     """
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     carry = jax.lax.stop_gradient(carry)
-    total = jnp.maximum(jnp.sum(batch["weights"]), 1.0)
+    total = jnp.maximum(task.count(batch), 1.0)
 
     def loss_fn(params, carry, mb, rng):
-        # Cross-entropy from logits, or the model's own `nll` when it has one (see losses.py).
-        loss_sum, count, carry, aux = losses.lm_loss(
-            model, params, mb, carry, train=True, rngs={"dropout": rng}
+        loss_sum, count, carry, aux = task.loss(
+            model, params, mb, carry, train=True, rngs=_rngs(model, rng)
         )
-        aux_loss = sum(aux.values()) / grad_accum_steps if aux else 0.0
-        return loss_sum / total + aux_loss, (carry, loss_sum, count)
+        extra = 0.0
+        if model.aux_losses:  # e.g. Adaptive-Span's span penalty
+            extra = sum(aux[k] for k in model.aux_losses) / grad_accum_steps
+        return loss_sum / total + extra, (carry, loss_sum, count, aux)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if grad_accum_steps == 1:
-        (_, (carry, loss_sum, count)), grads = grad_fn(state.params, carry, batch, rng)
+        (_, (carry, loss_sum, count, aux)), grads = grad_fn(state.params, carry, batch, rng)
     else:
         k = grad_accum_steps
         micro = jax.tree.map(lambda x: _split_micro(x, k), (batch, carry))
 
         def body(acc, xs):
             mb, c, i = xs
-            (_, (c, ls, n)), g = grad_fn(state.params, c, mb, jax.random.fold_in(rng, i))
-            return jax.tree.map(jnp.add, acc, (g, ls, n)), c
+            (_, (c, ls, n, aux)), g = grad_fn(state.params, c, mb, jax.random.fold_in(rng, i))
+            return jax.tree.map(jnp.add, acc, (g, ls, n)), (c, aux)
 
         zeros = (jax.tree.map(jnp.zeros_like, state.params), 0.0, 0.0)
-        (grads, loss_sum, count), carry = jax.lax.scan(body, zeros, (*micro, jnp.arange(k)))
+        (grads, loss_sum, count), (carry, aux) = jax.lax.scan(body, zeros, (*micro, jnp.arange(k)))
         carry = jax.tree.map(_join_micro, carry)
+        aux = jax.tree.map(lambda x: jnp.mean(x, axis=0), aux)
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    if hasattr(model, "post_update"):  # e.g. Adaptive-Span clamps its spans to [0, 1]
-        params = model.post_update(params)
+    params = model.post_update(optax.apply_updates(state.params, updates))
     metrics = {
         "loss_sum": loss_sum,
         "count": count,
         "grad_norm": optax.tree.norm(grads),
         "param_norm": optax.tree.norm(params),
+        "aux": aux,
     }
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, carry, metrics
 
 
-def make_train_step(model, tx, mesh, state, carry, grad_accum_steps):
+def make_train_step(task, model, tx, mesh, state, carry, grad_accum_steps):
     repl = sharding.replicated(mesh)
     state_sh = jax.tree.map(lambda _: repl, state)
     carry_sh = jax.tree.map(lambda _: sharding.batch_sharded(mesh), carry)
-    step = functools.partial(train_step, model=model, tx=tx, grad_accum_steps=grad_accum_steps)
+    step = functools.partial(
+        train_step, task=task, model=model, tx=tx, grad_accum_steps=grad_accum_steps
+    )
     return jax.jit(
         step,
         in_shardings=(state_sh, carry_sh, sharding.batch_sharded(mesh)),
@@ -100,7 +120,7 @@ def make_train_step(model, tx, mesh, state, carry, grad_accum_steps):
 
 def _check_config(config, mesh):
     t = config.train
-    for field in ("num_steps", "seq_len", "log_every", "eval_every", "checkpoint_every"):
+    for field in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
         if t[field] <= 0:
             raise UserError(f"train.{field}={t[field]} must be positive")
     if t.grad_accum_steps <= 0:
@@ -133,7 +153,10 @@ class _Interrupt:
 
 
 def _flush(pending, step, last_logged):
-    """Sums device metrics since the last log; raises if the loss went non-finite."""
+    """Sums device metrics since the last log; raises if the loss went non-finite.
+
+    Returns (mean loss, targets counted, mean grad norm, last param norm, mean aux scalars).
+    """
     host = sharding.to_host(pending)
     loss_sum = sum(float(m["loss_sum"]) for m in host)
     count = sum(float(m["count"]) for m in host)
@@ -144,76 +167,56 @@ def _flush(pending, step, last_logged):
             f"(step <= {last_logged}) is intact"
         )
     grad_norm = float(np.mean([float(m["grad_norm"]) for m in host]))
-    return loss, grad_norm, float(host[-1]["param_norm"])
+    aux = {k: float(np.mean([float(m["aux"][k]) for m in host])) for k in host[-1]["aux"]}
+    return loss, count, grad_norm, float(host[-1]["param_norm"]), aux
+
+
+def _restored_best(meta, task):
+    """The best validation value a checkpoint recorded, if it was ranked the way `task` ranks."""
+    best = meta.get("best") or {}
+    return best.get("value") if best.get("metric") == task.rank_by else None
 
 
 def train_and_evaluate(config, workdir, *, devices=None):
     """Trains (or resumes) `config` in `workdir`. Returns a summary dict of the last events."""
     mesh = sharding.make_mesh(devices)
     _check_config(config, mesh)
+    task = tasks.get_task(config)
     model = models.get_model(config)
-    vocab = model.config.vocab_size
     # Every check on the user's input happens before any checkpoint is opened.
-    splits = corpora.load_corpus(config.data)
-    corpora.check_vocab_size(config.data, vocab)
-    word = corpora.level(config.data) == "word"  # reports ppl instead of bpc
-    score = "ppl" if word else "bpc"
-    b, t = config.train.batch_size, config.train.seq_len
-    corpora.check_split("train", splits["train"], batch_size=b, seq_len=t, vocab_size=vocab)
-    corpora.check_split(
-        "valid",
-        splits["valid"],
-        batch_size=config.eval.batch_size,
-        seq_len=config.eval.seq_len,
-        vocab_size=vocab,
-    )
-    proc = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    train_stream = lm.LMStream(splits["train"], b, t, **proc)
-    valid_stream = lm.LMStream(splits["valid"], config.eval.batch_size, config.eval.seq_len, **proc)
+    task.prepare(model, ("train", "valid"))
     tx, schedule = optim.make_optimizer(config.optim)
+    b = config.train.batch_size
 
     ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
-    target = state_lib.sharded_train_state(config, model, tx, mesh, abstract=True)
+    init_inputs = task.init_inputs()
+    target = state_lib.sharded_train_state(config, model, tx, mesh, init_inputs, abstract=True)
     carry = state_lib.zero_carry(model, b, mesh)
     restored = ckpts.restore_latest(target, carry)
-    best = float("inf")
+    best = None
     if restored is not None:
         state, carry, meta, path = restored
-        best = meta.get("best_valid_bpc", best)
+        best = _restored_best(meta, task)
         print(f"resuming from {path} (step {meta['step']})")
     else:
-        state = state_lib.sharded_train_state(config, model, tx, mesh)
+        state = state_lib.sharded_train_state(config, model, tx, mesh, init_inputs)
         if config.init_from:
-            init = checkpoint.Checkpoints(config.init_from, read_only=True)
-            loaded, meta, path = init.restore_for_eval(target)
-            init.close()
-            state = state.replace(params=loaded.params)
+            params, meta, path = checkpoint.restore_params(config.init_from, target.params)
+            state = state.replace(params=params)
             print(f"initialised parameters from {path} (step {meta['step']})")
     start = int(sharding.to_host(state.step))
 
-    compiled = {}  # model -> (train step, eval step); a model's static shapes may follow params
+    compiled = {}  # model -> train step; a family's static shapes may follow its parameters
 
-    def step_fns(model):
+    def step_fn_for(model):
         if model not in compiled:
-            compiled[model] = (
-                make_train_step(model, tx, mesh, state, carry, config.train.grad_accum_steps),
-                evaluate.make_eval_step(
-                    model, mesh, carry=state_lib.zero_carry(model, config.eval.batch_size, mesh)
-                ),
+            compiled[model] = make_train_step(
+                task, model, tx, mesh, state, carry, config.train.grad_accum_steps
             )
         return compiled[model]
 
-    if hasattr(model, "adapt_to"):  # e.g. Adaptive-Span: trims from the (restored) spans
-        model = model.adapt_to(state.params)
-    step_fn, eval_fn = step_fns(model)
-
-    def validate(params):
-        carry0 = state_lib.zero_carry(model, config.eval.batch_size, mesh)
-        loss_sum, count = evaluate.evaluate_stream(
-            eval_fn, params, valid_stream, carry0, mesh, config.train.eval_steps
-        )
-        return loss_sum / count
-
+    model = model.adapt_to(state.params)  # e.g. Adaptive-Span: trims from the (restored) spans
+    step_fn = step_fn_for(model)
     writer = writers.MetricWriter(workdir)
     summary = {"start_step": start}
     pending, last_logged, t0, stop = [], start, time.perf_counter(), False
@@ -227,46 +230,52 @@ def train_and_evaluate(config, workdir, *, devices=None):
     try:
         with _Interrupt() as interrupt:
             for step in range(start, config.train.num_steps):
-                window, reset = train_stream.train_window(step)
-                if reset:  # a new pass over the split starts from empty state, as the references
+                host_batch, reset = task.train_batch(step)
+                if reset:  # a new pass over the data starts from empty state, as the references
                     carry = state_lib.zero_carry(model, b, mesh)
-                batch = sharding.shard_host_batch(mesh, window)
+                batch = sharding.shard_host_batch(mesh, host_batch)
                 state, carry, metrics = step_fn(state, carry, batch)
-                if hasattr(model, "adapt_to"):  # reads a few scalars back to the host
-                    model = model.adapt_to(state.params)
-                    step_fn, eval_fn = step_fns(model)
                 pending.append(metrics)
                 done = step + 1
                 bar.update(1)
                 last = done == config.train.num_steps
+                adapted = False
                 if done % config.train.log_every == 0 or last:
-                    loss, grad_norm, param_norm = _flush(pending, done, last_logged)
-                    tok_s = b * t * (done - last_logged) / (time.perf_counter() - t0)
+                    loss, count, grad_norm, param_norm, aux = _flush(pending, done, last_logged)
+                    tok_s = count / (time.perf_counter() - t0)
+                    scores = task.scores(loss)
                     writer.write(
                         done,
                         "train",
                         loss=loss,
-                        **losses.scores(loss, word),
+                        **scores,
                         tokens_per_sec=tok_s,
                         learning_rate=float(schedule(done - 1)),
                         grad_norm=grad_norm,
                         param_norm=param_norm,
+                        **aux,
                     )
-                    value = losses.scores(loss, word)[score]
-                    bar.set_postfix(
-                        loss=f"{loss:.3f}", **{score: f"{value:.3f}"}, tok_s=f"{tok_s:.0f}"
-                    )
-                    summary.update(train_loss=loss, **{f"train_{score}": value})
+                    shown = {k: f"{v:.3f}" for k, v in scores.items()}
+                    if len(aux) <= 3:
+                        shown.update({k: f"{v:.3g}" for k, v in aux.items()})
+                    bar.set_postfix(loss=f"{loss:.3f}", **shown, tok_s=f"{tok_s:.0f}")
+                    summary.update(train_loss=loss, **{f"train_{k}": v for k, v in scores.items()})
                     pending, last_logged = [], done
+                    # Log steps read the metrics back anyway: the host may look at parameters.
+                    model, adapted = model.adapt_to(state.params), True
+                    step_fn = step_fn_for(model)
                 is_best = False
                 if done % config.train.eval_every == 0 or last:
-                    vloss = validate(state.params)
-                    value = losses.scores(vloss, word)[score]
-                    writer.write(done, "valid", loss=vloss, **{score: value})
-                    bar.write(f"step {done}: valid {score} {value:.4f}")
-                    summary.update(**{f"valid_{score}": value})
-                    # Ranked by bpc (loss / ln 2) at either level: the checkpoint key predates ppl.
-                    is_best, best = losses.bpc(vloss) < best, min(best, losses.bpc(vloss))
+                    results = task.evaluate(
+                        model, state.params, "valid", mesh=mesh,
+                        max_batches=config.train.eval_steps,
+                    )  # fmt: skip
+                    writer.write(done, "valid", **results)
+                    bar.write(f"step {done}: valid {task.metric} {results[task.metric]:.4f}")
+                    summary.update({f"valid_{k}": v for k, v in results.items()})
+                    value = results[task.rank_by]
+                    is_best = task.better(value, best)
+                    best = value if is_best else best
                 # Under several processes the stop flag is agreed at log steps (one all-gather),
                 # so every host saves and stops at the same step.
                 if jax.process_count() == 1 or done == last_logged:
@@ -275,11 +284,19 @@ def train_and_evaluate(config, workdir, *, devices=None):
                 if save or is_best:
                     if pending:  # never checkpoint a state whose loss has not been checked
                         _flush(pending, done, last_logged)
-                    meta = {"step": done, "best_valid_bpc": best, "model_name": config.model_name}
+                    meta = {
+                        "step": done,
+                        "best": {"metric": task.rank_by, "value": best},
+                        "model_name": config.model_name,
+                        "task": config.get("task", "lm"),
+                    }
                     if save:
                         ckpts.save(done, state, carry, meta)
                     if is_best:
                         ckpts.save(done, state, carry, meta, best=True)
+                    if not adapted:  # a resumed run adapts at its first step: so do we here
+                        model = model.adapt_to(state.params)
+                        step_fn = step_fn_for(model)
                 t0 = time.perf_counter() if (done == last_logged) else t0
                 if stop:
                     signum = interrupt.signum or signal.SIGTERM  # a peer host was signalled

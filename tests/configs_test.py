@@ -7,8 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from lmjax import models, optim, sharding, train
-from lmjax import state as state_lib
+from lmjax import bench, models, sharding
 
 CONFIGS = sorted(
     p.stem
@@ -27,20 +26,14 @@ TINY = [
 
 @pytest.mark.parametrize("name,variant", TINY)
 def test_tiny_variant_takes_a_step(name, variant):
+    """Through the benchmark's set-up, which is the trainer's (task, adapted model, state,
+    carry, jitted step), on the task's synthetic batch."""
     module = importlib.import_module(f"configs.{name}")
     config = module.get_config(variant)
     assert config.train.batch_size <= 8 and config.train.seq_len <= 32
     mesh = sharding.make_mesh(jax.devices()[:2])
-    model = models.get_model(config)
-    tx, _ = optim.make_optimizer(config.optim)
-    state = state_lib.sharded_train_state(config, model, tx, mesh)
-    carry = state_lib.zero_carry(model, config.train.batch_size, mesh)
-    step = train.make_train_step(model, tx, mesh, state, carry, config.train.grad_accum_steps)
-    b, t = config.train.batch_size, config.train.seq_len
-    tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, (b, t + 1), np.int32)
-    batch = sharding.shard_host_batch(
-        mesh, {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": np.ones((b, t))}
-    )
+    task, model, state, carry, step = bench.setup(config, mesh)
+    batch = sharding.shard_host_batch(mesh, task.synthetic_batch(model))
     state, carry, metrics = step(state, carry, batch)
     assert np.isfinite(float(metrics["loss_sum"])) and int(state.step) == 1
 

@@ -91,22 +91,19 @@ def test_trainer_hooks_clamp_and_trim_adaptive_span(tmp_path):
     """The trainer clamps the spans after every update (post_update) and re-traces the step
     with the trims the learned spans allow (adapt_to)."""
     from configs import adaptive_span
-    from lmjax import checkpoint, models, optim, sharding
-    from lmjax import state as state_lib
+    from lmjax import evaluate, sharding
 
     config = adaptive_span.get_config("tiny")
     config.train.num_steps = 2
     config.optim.learning_rate = 100.0  # drives span_z far outside [0, 1] without the clamp
     train.train_and_evaluate(config, tmp_path, devices=jax.devices()[:2])
-    model = models.get_model(config)
-    tx, _ = optim.make_optimizer(config.optim)
     mesh = sharding.make_mesh(jax.devices()[:1])
-    target = state_lib.sharded_train_state(config, model, tx, mesh, abstract=True)
-    ckpts = checkpoint.Checkpoints(tmp_path)
-    state, _, _ = ckpts.restore_for_eval(target)
-    ckpts.close()
-    zs = [np.asarray(v["attn"]["span_z"]) for k, v in state.params.items() if "layer_" in k]
+    _, _, params, _, _ = evaluate.restore_for_inference(config, tmp_path, mesh)
+    zs = [np.asarray(v["attn"]["span_z"]) for k, v in params.items() if "layer_" in k]
     assert zs and all(((z >= 0) & (z <= 1)).all() for z in zs)
+    # Every aux scalar is logged: the span penalty (a loss) and the two span diagnostics.
+    events = [e for e in writers.read_metrics(tmp_path) if e["split"] == "train"]
+    assert all({"span_penalty", "span_mean", "span_overflow"} <= set(e) for e in events)
 
 
 # ---------------------------------------------------------------------------------------------

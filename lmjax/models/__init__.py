@@ -1,9 +1,13 @@
-"""Model registry: `config.model_name` -> (module class, frozen config class)."""
+"""Model registry: `config.model_name` -> (family class, frozen config class).
+
+Every family subclasses `models.base.Family` (the interface the trainer and tasks use).
+`register` adds one at run time (a test's toy family, or a user's own outside the package).
+"""
 
 import dataclasses
 
 from lmjax.errors import UserError
-from lmjax.models import adaptive_span, sha_rnn, sru, transformer_xl
+from lmjax.models import adaptive_span, base, sha_rnn, sru, transformer_xl
 
 MODELS = {
     "sha_rnn": (sha_rnn.ShaRNN, sha_rnn.ShaRNNConfig),
@@ -12,6 +16,13 @@ MODELS = {
     "transformer_xl": (transformer_xl.TransformerXL, transformer_xl.TransformerXLConfig),
     "adaptive_span": (adaptive_span.AdaptiveSpan, adaptive_span.AdaptiveSpanConfig),
 }
+
+
+def register(name, cls, config_cls):
+    """Adds family `cls` (a `base.Family`) with its frozen dataclass config under `name`."""
+    if not issubclass(cls, base.Family):
+        raise TypeError(f"{cls.__name__} must subclass lmjax.models.base.Family")
+    MODELS[name] = (cls, config_cls)
 
 
 def get_model(config):

@@ -19,7 +19,9 @@ Map from the reference to this file:
                                   after the softmax, renormalised with +1e-8
   z (`_mask.current_val`)         param `span_z` [h] per layer, a fraction of L, init 0
   clamp after every step          `AdaptiveSpan.post_update` (the trainer hook)
-  get_loss                        aux "span_penalty" = Σ_layers λ·L·mean_h(z)
+  get_loss                        aux "span_penalty" = Σ_layers λ·L·mean_h(z) (added to the
+                                  loss); also logged: "span_mean" (mean z·L over heads and
+                                  layers, in positions) and "span_overflow" (see Trimming)
   trim_memory / get_cache_size    static `trim_lens` from `AdaptiveSpan.adapt_to` (host side),
                                   `_trim_len`; the cache keeps min(L, L - T + 64) positions
   PersistentMemory (A.4)          `_SeqAttention` with n > 0: per-head keys √k·P_k, values
@@ -42,8 +44,15 @@ distance above L - T has m_z = 0, so cutting keys, values and key_pe to the last
 distances changes only the softmax denominator, which the renormalisation cancels: the result
 equals the untrimmed one up to the 1e-8 term (visible only if a head puts < ~1e-6 of its
 softmax mass inside its span, as with absurd weights). T must be a Python int under jit, so it is a
-config field (`trim_lens`, one per layer) that `adapt_to(params)` recomputes on the host after
-each update; a new value means one recompile, and the 64-rounding makes that rare.
+config field (`trim_lens`, one per layer) that `adapt_to(params)` recomputes on the host; a new
+value means one recompile, and the 64-rounding makes that rare. The reference recomputes T
+before every forward (reading the spans back with `.item()`); here the trainer does it at start
+and at every log step, where it reads the metrics back anyway, so dispatch never waits on the
+host in between. A window can hold spans up to 63 positions longer than the ones it was cut
+for; if a span outgrows its window between two log steps, the soft mask is cut off at the
+window until the next one. The step reports by how much as aux "span_overflow" (the largest
+ceil(z·L) + R - (L - T) over layers, clipped at 0, averaged over the steps of a log interval):
+0 means every step equalled the reference's.
 
 `jax.nn.dot_product_attention` does not fit here: the mask multiplies the probabilities after
 the softmax and renormalises with +1e-8 (a log-mask bias equals it only up to that term, and its
@@ -62,9 +71,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from lmjax.layers import adaptive, attention
+from lmjax.models import base
 
 _LN_EPS = 1e-5
 _TRIM_STEP = 64  # the reference rounds trims down to multiples of 64 (and keeps 64 of slack)
@@ -266,7 +275,7 @@ class _Layer(nn.Module):
         return h_next, z, jax.lax.stop_gradient(new_cache)
 
 
-class AdaptiveSpan(nn.Module):
+class AdaptiveSpan(base.Family):
     """The Adaptive-Span (and All-attention) language model, on bytes or (adaptive IO) words.
 
     Attributes:
@@ -291,9 +300,11 @@ class AdaptiveSpan(nn.Module):
         clamp = lambda path, x: jnp.clip(x, 0.0, 1.0) if path[-1].key == "span_z" else x
         return jax.tree_util.tree_map_with_path(clamp, params)
 
+    aux_losses = ("span_penalty",)
+
     def adapt_to(self, params):
-        """Trainer hook, on the host after each update: this model with the static trims the
-        current spans allow (the reference recomputes `_get_trim_len` every forward).
+        """Trainer hook, on the host (at start-up and log steps): this model with the static
+        trims the current spans allow (the reference recomputes `_get_trim_len` every forward).
 
         Returns `self` when nothing changes, else a clone to re-jit the step with.
         """
@@ -309,19 +320,30 @@ class AdaptiveSpan(nn.Module):
             return self
         return self.clone(config=dataclasses.replace(c, trim_lens=trims))
 
-    def nll(self, tokens, targets, carry=None, *, train):
-        """tokens, targets: [b, t] int. Returns (nll [b, t] float32, carry, aux)."""
-        return self(tokens, carry, train=train, targets=targets)
+    def describe(self):
+        return {"trim_lens": list(self.trims())}
 
-    @nn.compact
-    def __call__(self, tokens, carry=None, *, train, targets=None):
-        """tokens: [b, t] int; targets: [b, t] int or None.
+    def __call__(self, tokens, carry=None, *, train):
+        """tokens: [b, t] int.
 
         Returns:
-          (logits [b, t, v] float32 (log-probabilities with adaptive IO), or, given targets,
-          the per-token NLL [b, t] float32; carry; aux). aux: {"span_penalty":
-          Σ_layers λ·L·mean(z)} with adapt_span, else {}.
+          (logits [b, t, v] float32 (log-probabilities with adaptive IO), carry, aux). aux with
+          adapt_span: {"span_penalty": Σ_layers λ·L·mean(z), "span_mean": mean z·L,
+          "span_overflow": positions of span cut off by the trim}, else {}.
         """
+        return self._forward(tokens, carry, None, train=train)
+
+    def nll(self, tokens, targets, carry=None, *, train):
+        """tokens, targets: [b, t] int. Returns (nll [b, t] float32, carry, aux); with adaptive
+        IO from the clusters, without [b, t, v] logits."""
+        if not self.config.adaptive_cutoffs:
+            return super().nll(tokens, targets, carry, train=train)
+        return self._forward(tokens, carry, targets, train=train)
+
+    @nn.compact
+    def _forward(self, tokens, carry, targets, *, train):
+        """The model; `targets` is given only with adaptive IO (then the output is the per-token
+        NLL [b, t] float32)."""
         c = self.config
         b, t = tokens.shape
         trims = self.trims()
@@ -352,21 +374,35 @@ class AdaptiveSpan(nn.Module):
             )
         key_pe = self.param("key_pe", nn.initializers.normal(1.0), (c.head_dim, c.attn_span))
         h = emb_drop(embed(tokens))
-        caches, penalty = [], 0.0
+        caches, zs = [], []
         for i in range(c.num_layers):
             layer = _Layer(c, trims[i], name=f"layer_{i}")
             h, z, cache = layer(h, carry.cache[i], key_pe, train=train)
             caches.append(cache)
-            if z is not None:
-                penalty = penalty + c.span_loss * c.attn_span * jnp.mean(z)
+            zs.append(z)
         h = emb_drop(h)
-        aux = {"span_penalty": penalty} if c.adapt_span else {}
+        aux = _span_aux(zs, trims, c) if c.adapt_span else {}
         new_carry = AdaptiveSpanCarry(tuple(caches))
         if c.adaptive_cutoffs:
             if targets is None:
                 return io.log_probs(h, train=train), new_carry, aux
             return io.nll(h, targets, train=train), new_carry, aux
         logits = _dense(c.vocab_size, c.d_model, jnp.float32, "out_emb")(h)
-        if targets is not None:
-            return optax.softmax_cross_entropy_with_integer_labels(logits, targets), new_carry, aux
         return logits, new_carry, aux
+
+
+def _span_aux(zs, trims, c):
+    """The span penalty (the reference's `get_loss`, summed over layers) and two diagnostics."""
+    big_l = c.attn_span
+    penalty = 0.0
+    for z in zs:
+        penalty = penalty + c.span_loss * big_l * jnp.mean(z)
+    overflow = 0.0
+    for z, trim in zip(zs, trims, strict=True):
+        needed = jnp.minimum(big_l, jnp.ceil(jnp.max(z) * big_l) + c.span_ramp)
+        overflow = jnp.maximum(overflow, needed - (big_l - trim))
+    return {
+        "span_penalty": penalty,
+        "span_mean": jnp.mean(jnp.stack(zs)) * big_l,
+        "span_overflow": jnp.maximum(overflow, 0.0),
+    }

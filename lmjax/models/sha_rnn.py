@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from lmjax.layers import attention, core, rnn
+from lmjax.models import base
 
 _LN_EPS = 1e-12
 
@@ -145,7 +146,7 @@ class _Block(nn.Module):
         return h, lstm_carry, memory
 
 
-class ShaRNN(nn.Module):
+class ShaRNN(base.Family):
     """The SHA-RNN language model.
 
     Attributes:

@@ -47,9 +47,9 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from lmjax.layers import adaptive, attention, scan
+from lmjax.models import base
 
 _LN_EPS = 1e-5
 _MASK_VALUE = -10000.0  # the reference's additive mask constant (B11.7), not -inf
@@ -414,7 +414,7 @@ class _SRUppLayer(nn.Module):
         return h.astype(self.dtype), c
 
 
-class SRUpp(nn.Module):
+class SRUpp(base.Family):
     """The SRU++ language model (B3): Drop(E[x]) -> SRU++ layers -> Drop -> output layer; with
     `adaptive_cutoffs` the embedding and output layer are the tied adaptive ones (B4).
 
@@ -434,18 +434,24 @@ class SRUpp(nn.Module):
             mem_count=jnp.zeros((batch_size,), jnp.int32),
         )
 
+    def __call__(self, tokens, carry=None, *, train):
+        """tokens: [b, t] int. Returns (logits [b, t, v] float32, log-probabilities when
+        adaptive; carry; aux {})."""
+        return self._forward(tokens, carry, None, train=train)
+
     def nll(self, tokens, targets, carry=None, *, train):
-        """tokens, targets: [b, t] int. Returns (nll [b, t] float32, carry, aux {})."""
-        return self(tokens, carry, train=train, targets=targets)
+        """tokens, targets: [b, t] int. Returns (nll [b, t] float32, carry, aux {}).
+
+        With the adaptive softmax the loss comes from its clusters without [b, t, v] logits;
+        otherwise it is the base cross-entropy of the logits."""
+        if not self.config.adaptive_cutoffs:
+            return super().nll(tokens, targets, carry, train=train)
+        return self._forward(tokens, carry, targets, train=train)
 
     @nn.compact
-    def __call__(self, tokens, carry=None, *, train, targets=None):
-        """tokens: [b, t] int; targets: [b, t] int or None.
-
-        Returns:
-          (logits [b, t, v] float32 (log-probabilities when adaptive), or, given targets,
-          the per-token NLL [b, t] float32; carry; aux {}).
-        """
+    def _forward(self, tokens, carry, targets, *, train):
+        """The model; `targets` is given only with the adaptive softmax (then the output is
+        the per-token NLL [b, t] float32)."""
         c = self.config
         b, t = tokens.shape
         assert c.attn_dim % c.num_heads == 0 and c.attn_every_k >= 1, c
@@ -512,12 +518,10 @@ class SRUpp(nn.Module):
             logits = embed.attend(h) + bias[None, None]
         else:
             logits = nn.Dense(c.vocab_size, kernel_init=init, name="output")(h)
-        if targets is not None:
-            return optax.softmax_cross_entropy_with_integer_labels(logits, targets), new_carry, {}
         return logits, new_carry, {}
 
 
-class SRULM(nn.Module):
+class SRULM(base.Family):
     """The plain SRU language model (master language_model/train_enwik8.py, B13): Drop(E[x]) ->
     SRU stack -> Drop -> Linear(d, v) with bias. Embedding and output ~ U(±√(3/v)).
 

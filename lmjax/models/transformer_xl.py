@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from lmjax.layers import attention
+from lmjax.models import base
 
 _LN_EPS = 1e-5
 _INIT = nn.initializers.normal(0.02)
@@ -175,7 +176,7 @@ class _DecoderLayer(nn.Module):
         return _FeedForward(c.d_ff, c.dropout_rate, dtype, name="ff")(h, train=train), kv
 
 
-class TransformerXL(nn.Module):
+class TransformerXL(base.Family):
     """The Transformer-XL language model with segment-level recurrence.
 
     Attributes:

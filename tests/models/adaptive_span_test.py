@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import adaptive_span as as_config
-from lmjax import models, optim, train
+from lmjax import models, optim, tasks, train
 from lmjax import state as state_lib
 from lmjax.models import adaptive_span
 from tests.models import family
@@ -244,7 +244,8 @@ def _span_step(model, lr):
     config = as_config.get_config("tiny")
     config.optim.learning_rate, config.optim.warmup_steps = lr, 0
     tx, _ = optim.make_optimizer(config.optim)  # Adagrad with the per-tensor clip 0.03
-    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx))
+    task = tasks.get_task(config)
+    step = jax.jit(functools.partial(train.train_step, task=task, model=model, tx=tx))
     post = jax.jit(model.post_update)
     return tx, lambda s, c, b: (lambda s, c, m: (s.replace(params=post(s.params)), c, m))(
         *step(s, c, b)
@@ -260,7 +261,8 @@ def test_penalty_drives_spans_down_and_trimming_is_exact():
     model = _model(attn_span=256, span_init=0.2, span_loss=1e-4, dropout_rate=0.0)
     tx, step = _span_step(model, lr=0.07)
     rng = jax.random.key_data(jax.random.PRNGKey(0))
-    state = state_lib.create_train_state(rng, model=model, tx=tx, seq_len=16)
+    inputs = (jnp.zeros((1, 16), jnp.int32), None)
+    state = state_lib.create_train_state(rng, model=model, tx=tx, init_inputs=inputs)
     tokens = _tokens(4, 17)
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": jnp.ones((4, 16))}
     carry = model.init_carry(4)

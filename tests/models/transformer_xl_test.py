@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import transformer_xl as txl_config
-from lmjax import models, optim, train
+from lmjax import models, optim, tasks, train
 from lmjax import state as state_lib
 from tests.models import family
 
@@ -187,10 +187,11 @@ def test_tiny_config_takes_a_train_step():
     model = models.get_model(config)
     tx, _ = optim.make_optimizer(config.optim)
     rng = jax.random.key_data(jax.random.PRNGKey(0))
-    state = state_lib.create_train_state(rng, model=model, tx=tx, seq_len=16)
+    task = tasks.get_task(config)
+    state = state_lib.create_train_state(rng, model=model, tx=tx, init_inputs=task.init_inputs())
     tokens = _tokens(8, 17)
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": jnp.ones((8, 16))}
-    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx))
+    step = jax.jit(functools.partial(train.train_step, task=task, model=model, tx=tx))
     state, carry, metrics = step(state, model.init_carry(8), batch)
     assert int(state.step) == 1 and np.isfinite(float(metrics["loss_sum"]))
     np.testing.assert_array_equal(carry.mem_count, 16)
