@@ -1,7 +1,7 @@
-"""Numerical parity of our SHA-RNN with the PyTorch one in launch/torch_sha_rnn.py.
+"""Numerical parity of our SHA-RNN with the PyTorch one in reference/torch_sha_rnn.py.
 
-launch/sha_rnn_reference.py runs in the torch venv (.venv-torch, made by
-launch/setup_torch_env.sh): it perturbs every parameter of a tiny torch SHA-RNN, runs three
+reference/sha_rnn_reference.py runs in the torch venv (.venv-torch, made by
+reference/setup_torch_env.sh): it perturbs every parameter of a tiny torch SHA-RNN, runs three
 consecutive segments in eval mode carrying LSTM state and memory (mem_len 6 < seq_len 8, so the
 memory truncates), and saves parameters (reference state-dict names), tokens, logits and the final
 carry. We map the weights into our tree and compare logits, LSTM states and the kept memory.
@@ -20,7 +20,7 @@ from lmjax import models
 
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
 _TORCH_PY = _ROOT / ".venv-torch" / "bin" / "python"
-_SCRIPT = _ROOT / "launch" / "sha_rnn_reference.py"
+_SCRIPT = _ROOT / "reference" / "sha_rnn_reference.py"
 _MEM_LEN, _SEQ_LEN, _BATCH, _SEGMENTS = 6, 8, 2, 3
 
 pytestmark = pytest.mark.torch
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.torch
 
 def _torch_reference(out):
     if not _TORCH_PY.exists():
-        pytest.skip(f"no torch venv at {_TORCH_PY} (make it with launch/setup_torch_env.sh)")
+        pytest.skip(f"no torch venv at {_TORCH_PY} (make it with reference/setup_torch_env.sh)")
     probe = subprocess.run(
         [str(_TORCH_PY), "-c", "import torch"], capture_output=True, text=True, timeout=120
     )

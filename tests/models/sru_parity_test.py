@@ -1,7 +1,7 @@
 """SRU and SRU++ against the `sru` package: reference weights copied into lmjax, equal outputs.
 
-The reference runs in its own environment (.venv-torch from launch/setup_torch_env.sh: torch
-2.13.0 CPU, sru 2.6.0, and sru 3.0.0.dev6 for SRU++) through launch/sru_reference.py, which
+The reference runs in its own environment (.venv-torch from reference/setup_torch_env.sh: torch
+2.13.0 CPU, sru 2.6.0, and sru 3.0.0.dev6 for SRU++) through reference/sru_reference.py, which
 dumps weights, inputs and outputs to an .npz. Every test skips, naming the missing piece, when
 that environment is absent. float32, |Δ| <= 1e-5.
 """
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 VENV = pathlib.Path(os.environ.get("TORCH_VENV", ROOT / ".venv-torch"))
-SCRIPT = ROOT / "launch" / "sru_reference.py"
+SCRIPT = ROOT / "reference" / "sru_reference.py"
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
@@ -33,11 +33,15 @@ def _has_sru(py):
 def _reference(mode, out):
     py = VENV / "bin" / "python"
     if not py.exists():
-        pytest.skip(f"{py} not found: create it with `bash launch/setup_torch_env.sh`")
+        pytest.skip(f"{py} not found: create it with `bash reference/setup_torch_env.sh`")
     if not _has_sru(py):
-        pytest.skip(f"the `sru` package is not installed in {VENV}: run launch/setup_torch_env.sh")
+        pytest.skip(
+            f"the `sru` package is not installed in {VENV}: run reference/setup_torch_env.sh"
+        )
     if mode == "srupp" and not (VENV / "sru3" / "sru").is_dir():
-        pytest.skip(f"sru 3.0.0.dev6 (SRU++) not in {VENV / 'sru3'}: run launch/setup_torch_env.sh")
+        pytest.skip(
+            f"sru 3.0.0.dev6 (SRU++) not in {VENV / 'sru3'}: run reference/setup_torch_env.sh"
+        )
     env = dict(os.environ)
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     # The first import compiles sru's C++ op (~35 s on 2 cores); later runs reuse the build.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The `sru` package (asappresearch/sru) as the reference for lmjax's SRU and SRU++.
 
-Runs in .venv-torch (launch/setup_torch_env.sh): torch 2.13.0 CPU with `sru` 2.6.0 installed,
+Runs in .venv-torch (reference/setup_torch_env.sh): torch 2.13.0 CPU with `sru` 2.6.0 installed,
 and `sru` 3.0.0.dev6 (the only PyPI release with SRU++) unpacked into <venv>/sru3, which the
 `srupp` modes put first on sys.path. Each sru version compiles its C++ op into its own
 $TORCH_EXTENSIONS_DIR subdirectory, so neither rebuilds the other's.
@@ -42,7 +42,7 @@ def import_sru(version3):
     if version3:
         overlay = os.path.join(sys.prefix, "sru3")
         if not os.path.isdir(os.path.join(overlay, "sru")):
-            sys.exit(f"sru 3.0.0.dev6 not found in {overlay}: run launch/setup_torch_env.sh")
+            sys.exit(f"sru 3.0.0.dev6 not found in {overlay}: run reference/setup_torch_env.sh")
         sys.path.insert(0, overlay)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "CUDA kernels unavailable": expected on CPU

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Reference outputs of the PyTorch SHA-RNN (launch/torch_sha_rnn.py) for the lmjax parity test.
+"""Reference outputs of the PyTorch SHA-RNN (reference/torch_sha_rnn.py) for the lmjax parity test.
 
-Runs in the torch venv (.venv-torch, made by launch/setup_torch_env.sh). Builds the model at the
+Runs in the torch venv (.venv-torch, made by reference/setup_torch_env.sh). Builds the model at the
 sizes given on the command line, perturbs every parameter at random (zero gate logits, LN γ=1 β=0
 and zero biases would hide bugs), then runs eval mode (no dropout) over `--segments` consecutive
 segments of random tokens, carrying the LSTM state and the attention memory, and saves to `--out`:
@@ -15,7 +15,7 @@ segments of random tokens, carrying the LSTM state and the attention memory, and
   config                    [vocab, width, boom, layers, mem_len, seq_len, batch, segments]
   attn_layers               the attention block indices
 
-  .venv-torch/bin/python launch/sha_rnn_reference.py --out=/tmp/sha_ref.npz
+  .venv-torch/bin/python reference/sha_rnn_reference.py --out=/tmp/sha_ref.npz
 """
 
 import argparse

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create the PyTorch (CPU) venv used by the torch-side benchmarks and parity tests
 # (torch 2.13.0 CPU, sru 2.6.0, and sru 3.0.0.dev6 in $VENV/sru3 for SRU++).
-# Usage: bash launch/setup_torch_env.sh        (venv path overridable with $TORCH_VENV)
+# Usage: bash reference/setup_torch_env.sh        (venv path overridable with $TORCH_VENV)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${TORCH_VENV:-$ROOT/.venv-torch}"
@@ -17,7 +17,7 @@ if ! "$PY" -c 'import torch, numpy, sru' >/dev/null 2>&1 || \
   "$PY" -m pip install -q torch==2.13.0 numpy==2.4.6 sru==2.6.0
 fi
 # SRU++ exists only in sru 3.0.0.dev6 (pure Python + a JIT-compiled C++ op). It is unpacked
-# beside 2.6.0, in $VENV/sru3, which launch/sru_reference.py puts first on sys.path for SRU++.
+# beside 2.6.0, in $VENV/sru3, which reference/sru_reference.py puts first on sys.path for SRU++.
 if [ ! -f "$VENV/sru3/sru/version.py" ] || ! grep -q '3.0.0.dev6' "$VENV/sru3/sru/version.py"; then
   "$PY" -m pip install -q --no-deps --target "$VENV/sru3" sru==3.0.0.dev6
 fi
