@@ -133,7 +133,11 @@ class LMTask(base.Task):
         n = stream.num_windows if max_batches < 0 else min(max_batches, stream.num_windows)
         loss_sum, count = 0.0, 0.0
         bar = tqdm.trange(
-            n, desc=split, leave=False, disable=not progress or jax.process_index() != 0
+            n,
+            desc=split,
+            leave=False,
+            mininterval=1.0,
+            disable=not progress or jax.process_index() != 0,
         )
         for i in bar:
             batch = sharding.shard_host_batch(mesh, stream.window(i))
