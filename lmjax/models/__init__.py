@@ -7,11 +7,11 @@ Every family subclasses `models.base.Family` (the interface the trainer and task
 import dataclasses
 
 from lmjax.errors import UserError
-from lmjax.models import adaptive_span, base, sha_rnn, sru, transformer_xl
+from lmjax.models import adaptive_span, base, sha_rnn, sru, sru_pp, transformer_xl
 
 MODELS = {
     "sha_rnn": (sha_rnn.ShaRNN, sha_rnn.ShaRNNConfig),
-    "sru_pp": (sru.SRUpp, sru.SRUppConfig),  # SRU++ (plain SRU: "sru", below)
+    "sru_pp": (sru_pp.SRUpp, sru_pp.SRUppConfig),  # SRU++ (plain SRU: "sru", below)
     "sru": (sru.SRULM, sru.SRUConfig),
     "transformer_xl": (transformer_xl.TransformerXL, transformer_xl.TransformerXLConfig),
     "adaptive_span": (adaptive_span.AdaptiveSpan, adaptive_span.AdaptiveSpanConfig),

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmjax.models import sru
+from lmjax.layers import sru as sru_layer
+from lmjax.models import sru_pp
 
 pytestmark = pytest.mark.torch
 
@@ -91,7 +92,7 @@ def test_sru_matches_reference(sru_ref, case):
     x = jnp.asarray(ref["x"]).swapaxes(0, 1)  # [b, t, d_in]
     cs = []
     for i in range(layers):
-        layer = sru.SRULayer(
+        layer = sru_layer.SRULayer(
             hidden, bidirectional=bi, highway_bias=-1.0, rescale=rescale,
             projection_size=n_proj, vc_terms=not v1,
         )  # fmt: skip
@@ -100,7 +101,7 @@ def test_sru_matches_reference(sru_ref, case):
         if v1:  # v1 keeps a frozen all-zero weight_c; lmjax has no parameter for it
             assert np.all(p.pop("weight_c") == 0)
         np.testing.assert_allclose(
-            ref[f"rnn_lst.{i}.scale_x"], sru._scale_x(rescale, -1.0), rtol=1e-6
+            ref[f"rnn_lst.{i}.scale_x"], sru_layer.scale_x(rescale, -1.0), rtol=1e-6
         )
         x, c = layer.apply({"params": p}, x, jnp.asarray(ref["c0"][i]), train=False)
         cs.append(c)
@@ -115,7 +116,7 @@ def test_recurrence_dropout_mask_matches_reference(sru_ref, case):
     """The training-time mask m multiplies r ⊙ (c − s), shared over time (the reference's op)."""
     ref = {k.split("/", 1)[1]: v for k, v in sru_ref.items() if k.startswith(case + "/")}
     t, b, n = ref["x"].shape
-    h, c = sru._sru_highway(
+    h, c = sru_layer.sru_highway(
         jnp.asarray(ref["u"]).swapaxes(0, 1).reshape(b, t, n, 3),
         jnp.asarray(ref["x"]).swapaxes(0, 1) * ref["scale_x"][0],
         jnp.asarray(ref["weight_c"]),
@@ -168,11 +169,11 @@ def test_srupp_two_segments_with_memory_match_reference(srupp_ref, every_k, same
     tokens = jnp.asarray(ref["tokens"])
     b, two_l = tokens.shape
     seg = two_l // 2
-    config = sru.SRUppConfig(
+    config = sru_pp.SRUppConfig(
         vocab_size=20, d_model=16, attn_dim=8, num_layers=3, num_heads=2, attn_every_k=every_k,
         mem_len=seg, highway_bias=-2.0, dropout_rate=0.0, attn_dropout=0.0, scan_impl="sequential",
     )  # fmt: skip
-    model = sru.SRUpp(config)
+    model = sru_pp.SRUpp(config)
     params = _srupp_params(ref, config.num_layers, config.attn_layers)
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, train=False))
     assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, shapes["params"])

@@ -1,4 +1,6 @@
-"""SRU / SRU++: the family tests (STYLE.md §7) plus the reference's quirks, without torch."""
+"""SRU / SRU++: the family tests (STYLE.md §7) plus the reference's quirks, without torch.
+
+The SRU layer itself (against a numpy loop) is tested in tests/layers/sru_layer_test.py."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,7 @@ import pytest
 from configs import sru as sru_config
 from configs import sru_pp as srupp_config
 from lmjax import models, train, writers
-from lmjax.models import sru
+from lmjax.models import sru_pp
 from tests.models import family
 
 CONFIGS = {"sru_pp": srupp_config, "sru": sru_config}
@@ -89,57 +91,6 @@ def test_step_by_step_decode_equals_window():
     np.testing.assert_allclose(jnp.concatenate(steps, 1), whole, rtol=1e-5, atol=1e-5)
 
 
-def _numpy_sru_layer(p, x, c0, hidden, bidirectional, scale_x):
-    """Lei et al. 2018 eq. 1-2 per timestep and direction, float64 (the reference loop)."""
-    sig = lambda z: 1 / (1 + np.exp(-z))
-    x = np.asarray(x, np.float64)
-    b, t, d_in = x.shape
-    n_dir = 2 if bidirectional else 1
-    n = hidden * n_dir
-    k = 3 if d_in == n else 4
-    u = (x @ np.asarray(p["weight"], np.float64)).reshape(b, t, n_dir, hidden, k)
-    v = np.asarray(p["weight_c"], np.float64).reshape(2, n_dir, hidden)
-    bias = np.asarray(p["bias"], np.float64).reshape(2, n_dir, hidden)
-    h = np.zeros((b, t, n_dir, hidden))
-    c_last = np.zeros((b, n_dir, hidden))
-    for di in range(n_dir):
-        c = np.asarray(c0, np.float64).reshape(b, n_dir, hidden)[:, di]
-        for s in reversed(range(t)) if di else range(t):
-            uu = u[:, s, di]
-            f = sig(uu[..., 1] + v[0, di] * c + bias[0, di])
-            r = sig(uu[..., 2] + v[1, di] * c + bias[1, di])
-            c = f * c + (1 - f) * uu[..., 0]
-            skip = uu[..., 3] if k == 4 else x[:, s].reshape(b, n_dir, hidden)[:, di] * scale_x
-            h[:, s, di] = r * c + (1 - r) * skip
-        c_last[:, di] = c
-    return h.reshape(b, t, n), c_last.reshape(b, n)
-
-
-@pytest.mark.parametrize("impl", ["sequential", "associative"])
-@pytest.mark.parametrize(
-    "bidirectional,d_in,rescale", [(False, 8, True), (True, 8, False), (True, 5, False)]
-)
-def test_sru_layer_equals_reference_loop(impl, bidirectional, d_in, rescale):
-    hidden = 4 if bidirectional else 8
-    layer = sru.SRULayer(hidden, bidirectional=bidirectional, rescale=rescale, highway_bias=-1.0,
-                         scan_impl=impl)  # fmt: skip
-    x = jax.random.normal(jax.random.PRNGKey(0), (3, 7, d_in))
-    c0 = jax.random.normal(jax.random.PRNGKey(1), (3, 8))
-    params = _perturbed_params_layer(layer, x, c0)
-    h, c = layer.apply({"params": params}, x, c0, train=False)
-    want_h, want_c = _numpy_sru_layer(params, x, c0, hidden, bidirectional,
-                                      sru._scale_x(rescale, -1.0))  # fmt: skip
-    np.testing.assert_allclose(h, want_h, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(c, want_c, rtol=1e-5, atol=1e-5)
-
-
-def _perturbed_params_layer(layer, x, c0):
-    params = layer.init(jax.random.PRNGKey(2), x, c0, train=False)["params"]
-    return jax.tree.map(
-        lambda p: p + 0.3 * jax.random.normal(jax.random.PRNGKey(3), p.shape), params
-    )
-
-
 @pytest.mark.parametrize("vc_terms", [True, False])
 def test_associative_scan_equals_sequential(vc_terms):
     """The parallel option gives the same logits (v ⊙ c off: forward and backward are linear
@@ -189,10 +140,10 @@ def test_attention_mask_matches_the_reference_slices():
     for same_length in (False, True):
         full = np.triu(ones, 1) + (np.tril(ones, -1 - m) if same_length else 0)
         want = full[m : m + t, : m + t] == 0
-        got = sru._attention_mask(t, m, jnp.full((1,), m), same_length)[0]
+        got = sru_pp._attention_mask(t, m, jnp.full((1,), m), same_length)[0]
         np.testing.assert_array_equal(got, want)
         # First segment: the reference has no memory columns; ours are masked out.
-        got0 = sru._attention_mask(t, m, jnp.zeros((1,), jnp.int32), same_length)[0]
+        got0 = sru_pp._attention_mask(t, m, jnp.zeros((1,), jnp.int32), same_length)[0]
         np.testing.assert_array_equal(got0[:, m:], full[:t, :t] == 0)
         assert not got0[:, :m].any()
 
@@ -221,8 +172,8 @@ def test_init_follows_the_reference():
 )
 def test_parameter_count_matches_reference(d_model, attn_dim, want):
     """The paper's enwik8 models with the reference's 205-symbol vocabulary (B10)."""
-    config = sru.SRUppConfig(vocab_size=205, d_model=d_model, attn_dim=attn_dim, mem_len=8)
-    model = sru.SRUpp(config)
+    config = sru_pp.SRUppConfig(vocab_size=205, d_model=d_model, attn_dim=attn_dim, mem_len=8)
+    model = sru_pp.SRUpp(config)
     shapes = jax.eval_shape(
         lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32), train=False)
     )
