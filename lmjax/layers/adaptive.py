@@ -43,6 +43,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lmjax.layers import core
+
 
 def cluster_bounds(vocab_size, cutoffs):
     """[0, l_1, ..., l_c, v] for strictly increasing cutoffs inside (0, v)."""
@@ -58,12 +60,6 @@ def cluster_widths(d_embed, div_val, num_clusters):
     if min(widths) < 1:
         raise ValueError(f"d_embed={d_embed} // div_val={div_val}**i leaves a cluster width 0")
     return widths
-
-
-def _uniform(bound):
-    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-        key, shape, dtype, -bound, bound
-    )
 
 
 def _logsumexp_chunked(z, w, bias, budget):
@@ -143,11 +139,11 @@ class AdaptiveIO(nn.Module):
         k = len(self.bounds) - 1  # clusters, head included
         self.widths = cluster_widths(self.d_embed or self.d_model, self.div_val, k)
         d, torch = self.d_model, self.init_scheme == "torch"
-        xavier_table = _uniform(math.sqrt(3.0 / d))
+        xavier_table = core.uniform(math.sqrt(3.0 / d))
         tables, projs, out_tables, out_projs, biases = [], [], [], [], []
         for i in range(k):
             n, e = self.bounds[i + 1] - self.bounds[i], self.widths[i]
-            linear = _uniform(1.0 / math.sqrt(e))  # nn.Linear(e, ·) weights and biases
+            linear = core.torch_linear_init(e)  # nn.Linear(e, ·) weights and biases
             proj_init = linear if torch else nn.initializers.xavier_uniform()
             table_init = nn.initializers.normal(1.0) if torch else xavier_table
             tables.append(self.param(f"table_{i}", table_init, (n, e)))
@@ -165,7 +161,7 @@ class AdaptiveIO(nn.Module):
         c = k - 1
         if c:
             e0 = self.widths[0]
-            cluster_init = _uniform(1.0 / math.sqrt(e0)) if torch else xavier_table
+            cluster_init = core.torch_linear_init(e0) if torch else xavier_table
             self.cluster_weight = self.param("cluster_weight", cluster_init, (c, e0))
             bias_init = cluster_init if torch else nn.initializers.zeros
             self.cluster_bias = self.param("cluster_bias", bias_init, (c,))

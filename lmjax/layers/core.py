@@ -1,4 +1,8 @@
-"""Small layers every family can use.
+"""Small layers and initializers every family can use.
+
+`uniform(bound)` is the initializer U(±bound) (PyTorch's `uniform_(-bound, bound)`), and
+`torch_linear_init(fan_in)` PyTorch's `nn.Linear` default for weight and bias, U(±1/√fan_in): the
+one place the families' PyTorch-matching inits draw from, so equal keys give equal parameters.
 
 `Dropout` is inverted dropout like `flax.linen.Dropout`, with masks drawn from 16-bit random
 numbers: one 32-bit threefry word gives two masks. Random-bit generation is a large share of a
@@ -7,9 +11,25 @@ Bernoulli draws one 32-bit word per element), and halving the words halves it. T
 quantised to 1/65536 (0.1 -> 0.100006); the kept values are scaled by the exact 1/(1 - p').
 """
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+
+def uniform(bound):
+    """The initializer U(-bound, bound): `init(key, shape, dtype=float32)`."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def torch_linear_init(fan_in):
+    """PyTorch's nn.Linear default for weight and bias alike: U(±1/√fan_in)."""
+    return uniform(1.0 / math.sqrt(fan_in))
 
 
 class Dropout(nn.Module):

@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lmjax.layers import core
+
 
 class LSTMCarry(NamedTuple):
     """LSTM state, float32. h: [b, d]; c: [b, d]."""
@@ -29,19 +31,12 @@ def zeros_carry(batch_size, hidden_size):
     return LSTMCarry(z, z)
 
 
-def _uniform(bound):
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
 def _sum_of_two_uniform(bound):
     # PyTorch keeps two biases (b_ih, b_hh), each U(-bound, bound); only their sum matters, so we
     # store the sum and draw it from the same distribution.
     def init(key, shape, dtype=jnp.float32):
         k1, k2 = jax.random.split(key)
-        return _uniform(bound)(k1, shape, dtype) + _uniform(bound)(k2, shape, dtype)
+        return core.uniform(bound)(k1, shape, dtype) + core.uniform(bound)(k2, shape, dtype)
 
     return init
 
@@ -153,8 +148,8 @@ class LSTM(nn.Module):
         d = self.hidden_size
         assert carry.h.shape == (b, d), (carry.h.shape, (b, d))
         bound = 1.0 / d**0.5
-        w_ih = self.param("w_ih", _uniform(bound), (d_in, 4 * d))
-        w_hh = self.param("w_hh", _uniform(bound), (d, 4 * d))
+        w_ih = self.param("w_ih", core.uniform(bound), (d_in, 4 * d))
+        w_hh = self.param("w_hh", core.uniform(bound), (d, 4 * d))
         bias = self.param("bias", _sum_of_two_uniform(bound), (4 * d,))
         xw = jnp.einsum("btd,df->tbf", x.astype(self.dtype), w_ih.astype(self.dtype))
         xw = (

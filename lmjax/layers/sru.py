@@ -28,14 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmjax.layers import scan
-
-
-def _uniform(bound):
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
+from lmjax.layers import core, scan
 
 
 def gate_bias(n, highway_bias):
@@ -113,7 +106,7 @@ def _sru2_weight(d_w, n, k, dropout, rescale, highway_bias, vc_terms):
     columns · √0.5 (when weight_c is used), k = 4 skip column · scale_x under rescale."""
 
     def init(key, shape, dtype=jnp.float32):
-        w = _uniform(math.sqrt(3.0 / d_w))(key, shape, jnp.float32).reshape(d_w, n, k)
+        w = core.uniform(math.sqrt(3.0 / d_w))(key, shape, jnp.float32).reshape(d_w, n, k)
         col = jnp.ones((k,), jnp.float32)
         if dropout > 0:
             col = col.at[0].multiply(math.sqrt(1 - dropout))
@@ -167,7 +160,7 @@ class SRULayer(nn.Module):
         assert c0.shape == (b, n), (c0.shape, (b, n))
         xc = x.astype(self.dtype)
         if proj:
-            w_proj = self.param("weight_proj", _uniform(math.sqrt(3.0 / d_in)), (d_in, proj))
+            w_proj = self.param("weight_proj", core.uniform(math.sqrt(3.0 / d_in)), (d_in, proj))
             xc = jnp.einsum("btd,dp->btp", xc, w_proj.astype(self.dtype))
         d_w = proj or d_in
         init = _sru2_weight(
@@ -178,7 +171,7 @@ class SRULayer(nn.Module):
         weight_c = None
         if self.vc_terms:
             bound = math.sqrt(1.5) if self.weight_c_init is None else self.weight_c_init
-            weight_c = self.param("weight_c", _uniform(bound), (2 * n,))
+            weight_c = self.param("weight_c", core.uniform(bound), (2 * n,))
         bias = self.param("bias", gate_bias(n, self.highway_bias), (2 * n,))
         skip = None
         if self.has_skip_term and k == 3:

@@ -72,7 +72,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmjax.layers import adaptive, attention
+from lmjax.layers import adaptive, attention, core
 from lmjax.models import base
 
 _LN_EPS = 1e-5
@@ -115,16 +115,8 @@ class AdaptiveSpanCarry(NamedTuple):
     cache: tuple
 
 
-def _torch_linear_init(fan_in):
-    """PyTorch's nn.Linear default for weight and bias alike: U(±1/√fan_in)."""
-    bound = 1.0 / math.sqrt(fan_in)
-    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-        key, shape, dtype, -bound, bound
-    )
-
-
 def _dense(features, fan_in, dtype, name, use_bias=True):
-    init = _torch_linear_init(fan_in)
+    init = core.torch_linear_init(fan_in)
     return nn.Dense(
         features, use_bias=use_bias, kernel_init=init, bias_init=init, dtype=dtype, name=name
     )

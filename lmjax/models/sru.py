@@ -20,9 +20,9 @@ import math
 from typing import NamedTuple
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
+from lmjax.layers import core
 from lmjax.layers import sru as sru_layer
 from lmjax.models import base
 
@@ -53,13 +53,6 @@ class SRUCarry(NamedTuple):
     c: tuple
 
 
-def _uniform(bound):
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
 class SRULM(base.Family):
     """The plain SRU language model (master language_model/train_enwik8.py, B13): Drop(E[x]) ->
     SRU stack -> Drop -> Linear(d, v) with bias. Embedding and output ~ U(±√(3/v)).
@@ -80,7 +73,7 @@ class SRULM(base.Family):
         c = self.config
         carry = self.init_carry(tokens.shape[0]) if carry is None else carry
         drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=not train)
-        init = _uniform(math.sqrt(3.0 / c.vocab_size))  # 3 / weight.size(0) in the reference
+        init = core.uniform(math.sqrt(3.0 / c.vocab_size))  # 3 / weight.size(0) in the reference
         x = drop(nn.Embed(c.vocab_size, c.input_dim, embedding_init=init, name="embed")(tokens))
         x = x.astype(jnp.dtype(c.dtype))
         states = []

@@ -40,7 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmjax.layers import adaptive, attention
+from lmjax.layers import adaptive, attention, core
 from lmjax.layers import sru as sru_layer
 from lmjax.models import base
 
@@ -85,13 +85,6 @@ class SRUppCarry(NamedTuple):
     c: tuple
     memory: tuple
     mem_count: jax.Array
-
-
-def _uniform(bound):
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
 
 
 def _xavier(scale=1.0):
@@ -210,7 +203,7 @@ class _SRUppLayer(nn.Module):
             u = transform(x, train=train)
         weight_c = None
         if self.vc_terms:
-            weight_c = self.param("weight_c", _uniform(self.weight_c_init), (2 * d,))
+            weight_c = self.param("weight_c", core.uniform(self.weight_c_init), (2 * d,))
         bias = self.param("bias", sru_layer.gate_bias(d, self.highway_bias), (2 * d,))
         skip = x.astype(jnp.float32) * sru_layer.scale_x(self.rescale, self.highway_bias)
         h, c = sru_layer.sru_highway(
@@ -270,7 +263,7 @@ class SRUpp(base.Family):
         assert c.attn_dim % c.num_heads == 0 and c.attn_every_k >= 1, c
         carry = self.init_carry(b) if carry is None else carry
         drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=not train)
-        init = _uniform(math.sqrt(3.0 / c.d_model))
+        init = core.uniform(math.sqrt(3.0 / c.d_model))
         if c.adaptive_cutoffs:
             io = adaptive.AdaptiveIO(
                 c.vocab_size,
