@@ -96,4 +96,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from lmjax import cli
+
+    app.run(main, flags_parser=cli.parse_flags)

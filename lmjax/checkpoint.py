@@ -22,32 +22,23 @@ the run stops rather than silently starting over on top of them. orbax writes ea
 a temporary directory and renames it when complete, so a save cut short is never picked up.
 """
 
+import fcntl
 import functools
 import math
 import os
+import sys
 import time
+import zlib
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
 
 from lmjax.errors import UserError
 
 
 def _abstract(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-
-
-def _param_shapes(tree, prefix="params"):
-    """Flattens a nested dict of arrays or ArrayMetadata into {'params/a/b': shape}."""
-    out = {}
-    for key, value in tree.items():
-        path = f"{prefix}/{key}"
-        if isinstance(value, dict) or hasattr(value, "items"):
-            out.update(_param_shapes(value, path))
-        else:
-            out[path] = tuple(value.shape)
-    return out
 
 
 def _manager(directory, keep):
@@ -74,6 +65,11 @@ class Checkpoints:
         self.best = _manager(os.path.join(self.workdir, "best"), 1)
 
     def save(self, step, state, carry, meta, *, best=False):
+        """Saves asynchronously; `meta` (JSON) gains the checksums of every array."""
+        sums = {"state": checksums(state)}
+        if carry is not None:
+            sums["carry"] = checksums(carry)
+        meta = dict(meta, checksums=sums)
         items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         if carry is not None:
             items["carry"] = ocp.args.StandardSave(carry)
@@ -89,12 +85,13 @@ class Checkpoints:
         self.latest.close()
         self.best.close()
 
-    def restore_latest(self, state, carry):
+    def restore_latest(self, state, carry, config=None):
         """(state, carry, meta, path) of the newest intact checkpoint, or None if there is none.
 
-        `state` and `carry` are targets (arrays or ShapeDtypeStructs with shardings).
+        `state` and `carry` are targets (arrays or ShapeDtypeStructs with shardings); `config`
+        (a dict) names the differing fields when a checkpoint does not fit them.
         """
-        return _restore_newest(self.latest, lambda step: state, carry)
+        return _restore_newest(self.latest, lambda step: state, carry, config)
 
     def restore_params(self, params):
         """(params, meta, path) from best/ if it has a checkpoint, else checkpoints/.
@@ -108,6 +105,37 @@ class Checkpoints:
                 state, _, meta, path = _restore_newest(mngr, target, None)
                 return state["params"], meta, path
         raise UserError(f"no checkpoint in {self.workdir}: train first (--mode=train)")
+
+
+class WorkdirLock:
+    """An exclusive lock on a workdir for one training run: `fcntl.flock` on workdir/.lock,
+    released when the process exits however it exits (so never stale after a crash). A second
+    trainer on the same workdir is a UserError naming the holder's pid. Eval and generate do not
+    take it: they may run beside a trainer."""
+
+    def __init__(self, workdir):
+        self.path = os.path.join(os.path.abspath(workdir), ".lock")
+        self._file = open(self.path, "a+")  # noqa: SIM115 - held for the run
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.seek(0)
+            pid = self._file.read().strip() or "unknown"
+            self._file.close()
+            raise UserError(
+                f"workdir {os.path.dirname(self.path)} is in use by another trainer (pid {pid}); "
+                "wait for it to finish or use another --workdir"
+            ) from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"{os.getpid()}\n")
+        self._file.flush()
+
+    def release(self):
+        if not self._file.closed:
+            self._file.truncate(0)
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
 
 
 def restore_params(workdir, params):
@@ -145,60 +173,190 @@ def _params_target(mngr, params, step):
     return target
 
 
-def _check_compatible(mngr, step, state):
+def _path_str(path):
+    """A tree path as 'params/layer_0/kernel', the same for a TrainState, the dicts and lists
+    orbax stores it as, and its metadata."""
+    parts = []
+    for k in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+    return "/".join(parts)
+
+
+def _is_array_like(x):
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def _leaf_specs(tree):
+    """{path: (shape, dtype name)} of a tree of arrays, ShapeDtypeStructs or ArrayMetadata."""
+    tree = getattr(tree, "tree", tree)
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_array_like)
+    return {
+        _path_str(p): (tuple(x.shape), jax.numpy.dtype(x.dtype).name)
+        for p, x in leaves
+        if _is_array_like(x)
+    }
+
+
+def checksums(tree):
+    """{path: crc32} of every array this process holds whole (replicated, or all its shards):
+    recorded in meta at save time, verified after restore, so corrupted bytes are caught even
+    where the file format would decode them. Under several processes a batch-sharded carry is
+    not held whole by any process and has no checksum."""
+    out = {}
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    for path, x in leaves:
+        if isinstance(x, jax.Array):
+            if x.is_fully_addressable:
+                x = np.asarray(x)
+            elif x.is_fully_replicated:
+                x = np.asarray(x.addressable_data(0))
+            else:
+                continue
+        data = np.ascontiguousarray(np.asarray(x))
+        out[_path_str(path)] = f"{zlib.crc32(data.view(np.uint8).reshape(-1)):08x}"
+    return out
+
+
+def _verify(restored, recorded):
+    """The first path whose checksum differs from the one recorded at save time, or None."""
+    if not recorded:
+        return None  # written before checksums were recorded
+    now = checksums(restored)
+    for path, crc in recorded.items():
+        if path in now and now[path] != crc:
+            return path
+    return None
+
+
+def _flat_config(tree, prefix=""):
+    out = {}
+    for k, v in (tree or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat_config(v, key + "."))
+        else:
+            out[key] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+# Fields that never change what a checkpoint holds: a re-run may change them freely.
+_HARMLESS = ("train.num_steps", "train.log_every", "train.eval_every", "train.eval_steps")
+_HARMLESS += ("train.checkpoint_every", "train.keep_checkpoints", "init_from", "eval.")
+
+
+def _config_diff(stored, current):
+    """'optim.name is 'lamb' in the run's config, 'adam' now; ...' for fields that can matter."""
+    a, b = _flat_config(stored), _flat_config(current)
+    diffs = [
+        f"{k} is {a.get(k, 'absent')!r} in the run's config, {b.get(k, 'absent')!r} now"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k) and not k.startswith(_HARMLESS)
+    ]
+    return "; ".join(diffs)
+
+
+def _check_fits(mngr, step, state, carry, config):
+    """Raises a UserError (touching nothing) if the stored arrays do not fit the targets: the
+    checkpoint is intact but belongs to another config. Reading its metadata may fail: that is
+    an unreadable checkpoint, for the caller to handle."""
     path = os.path.join(str(mngr.directory), str(step))
-    stored = _param_shapes(mngr.item_metadata(step)["state"]["params"])
-    params = state["params"] if isinstance(state, dict) else state.params
-    wanted = _param_shapes(params)
-    for name in sorted(set(stored) | set(wanted)):
-        if stored.get(name) != wanted.get(name):
-            raise UserError(
-                f"checkpoint {path} does not match the config: {name} is "
-                f"{stored.get(name, 'absent')} in the checkpoint, {wanted.get(name, 'absent')} in "
-                "the config; use another --workdir or the config it was trained with"
-            )
+    metadata = mngr.item_metadata(step)
+    pairs = [("state", metadata["state"], state)]
+    if carry is not None:
+        try:
+            stored_carry = metadata["carry"]
+        except KeyError:
+            stored_carry = None
+        pairs.append(("carry", stored_carry, carry))
+    for item, stored_md, wanted_tree in pairs:
+        stored = _leaf_specs(stored_md) if stored_md is not None else {}
+        wanted = _leaf_specs(wanted_tree)
+        bad = [k for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
+        if not bad:
+            continue
+        name = bad[0] if item == "state" else f"carry/{bad[0]}"
+        detail = (
+            f"{name} is {stored.get(bad[0], ('absent',))[0]} in the checkpoint, "
+            f"{wanted.get(bad[0], ('absent',))[0]} in the config"
+        )
+        stored_config = _stored_config(mngr, step)
+        diff = _config_diff(stored_config, config) if stored_config and config else ""
+        raise UserError(
+            f"checkpoint {path} does not match the config: {diff or detail}; use the config it "
+            "was trained with or another --workdir (nothing was changed)"
+        )
 
 
-def _restore_newest(mngr, target, carry):
-    """Restores the newest intact step of `mngr`; `target(step)` gives the state target."""
+def _stored_config(mngr, step):
+    """The config saved in a checkpoint's meta, or None (older checkpoints, unreadable meta)."""
+    try:
+        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    except Exception:  # noqa: BLE001 - the diff is a courtesy; the shapes decide
+        return None
+    return meta.get("config")
+
+
+def quarantine(mngr, step, reason, fallback):
+    """Moves an unusable checkpoint out of the manager's way, into workdir/unreadable/, so the
+    next save of its step cannot collide with it: never deleted, never silently reused."""
+    path = os.path.join(str(mngr.directory), str(step))
+    aside = os.path.join(
+        os.path.dirname(str(mngr.directory)),
+        "unreadable",
+        f"{os.path.basename(str(mngr.directory))}-{step}-{int(time.time())}",
+    )
+    os.makedirs(os.path.dirname(aside), exist_ok=True)
+    os.rename(path, aside)
+    mngr.reload()
+    print(
+        f"warning: checkpoint {path} is unreadable ({reason}); moved it to {aside} and fell "
+        f"back to step {fallback}",
+        file=sys.stderr,
+    )
+
+
+def _restore_newest(mngr, target, carry, config=None):
+    """Restores the newest intact step of `mngr`; `target(step)` gives the state target.
+
+    A checkpoint that does not fit the targets raises (it is another config's, not damaged);
+    one that cannot be read or whose arrays fail their checksums is quarantined and the one
+    before it tried.
+    """
     steps = sorted(mngr.all_steps(), reverse=True)
     for i, step in enumerate(steps):
         path = os.path.join(str(mngr.directory), str(step))
         try:
             state = target(step)
-            _check_compatible(mngr, step, state)
+            _check_fits(mngr, step, state, carry, config)
             items = dict(
                 state=ocp.args.StandardRestore(_abstract(state)), meta=ocp.args.JsonRestore()
             )
             if carry is not None:
                 items["carry"] = ocp.args.StandardRestore(_abstract(carry))
             restored = mngr.restore(step, args=ocp.args.Composite(**items))
+            recorded = restored.meta.get("checksums", {})
+            bad = _verify(restored.state, recorded.get("state"))
+            if bad is None and carry is not None:
+                bad = _verify(restored.carry, recorded.get("carry"))
+                bad = bad and f"carry/{bad}"
+            if bad is not None:
+                raise ValueError(f"checksum mismatch in {bad}")
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - any read failure means this checkpoint is unusable
-            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
             if i + 1 == len(steps):
                 raise UserError(
                     f"checkpoint {path} is unreadable ({reason}) and no earlier intact one "
                     "exists; move it aside to start over"
                 ) from None
-            # Keep it for inspection, out of the manager's way, so the next save of this step
-            # does not collide with it: never deleted, never silently reused.
-            aside = os.path.join(
-                os.path.dirname(str(mngr.directory)),
-                "unreadable",
-                f"{os.path.basename(str(mngr.directory))}-{step}-{int(time.time())}",
-            )
-            os.makedirs(os.path.dirname(aside), exist_ok=True)
-            os.rename(path, aside)
-            mngr.reload()
-            message = (
-                f"checkpoint {path} is unreadable ({reason}); moved it to {aside} and "
-                f"fell back to step {steps[i + 1]}"
-            )
-            logging.warning(message)
-            print(f"warning: {message}")
+            quarantine(mngr, step, reason, steps[i + 1])
             continue
         meta = upgrade_meta(restored.meta)
+        meta.pop("checksums", None)
         return restored.state, (restored.carry if carry is not None else None), meta, path
     return None

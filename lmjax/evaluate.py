@@ -4,8 +4,13 @@ What a split's evaluation means is the task's (tasks/lm.py: the whole stream wit
 bits per byte or perplexity); this file restores the parameters, runs each split and reports.
 """
 
+import os
+
+import jax
+
 from lmjax import checkpoint, models, sharding, tasks, writers
 from lmjax import state as state_lib
+from lmjax.errors import UserError
 
 
 def restore_for_inference(config, workdir, mesh, task=None):
@@ -29,6 +34,8 @@ def run_eval(config, workdir, *, devices=None, writer=None):
     sharding.check_batch("eval.batch_size", config.eval.batch_size, mesh)
     task = tasks.get_task(config)
     task.prepare(models.get_model(config), task.eval_splits)  # user errors before any restore
+    if writer is None and jax.process_index() == 0:
+        _check_writable(workdir)
     task, model, params, meta, path = restore_for_inference(config, workdir, mesh, task)
     writer = writer or writers.MetricWriter(workdir, tensorboard=False)
     results = {}
@@ -39,3 +46,11 @@ def run_eval(config, workdir, *, devices=None, writer=None):
         writer.write(meta["step"], name, **metrics, full=1)
     print(f"(checkpoint {path}, step {meta['step']})")
     return results
+
+
+def _check_writable(workdir):
+    """Eval appends its results to metrics.jsonl: fail before evaluating, not after."""
+    path = os.path.join(os.path.abspath(workdir), "metrics.jsonl")
+    target = path if os.path.exists(path) else os.path.dirname(path)
+    if os.path.isdir(os.path.dirname(path)) and not os.access(target, os.W_OK):
+        raise UserError(f"{target} is not writable: eval appends its results to metrics.jsonl")

@@ -42,8 +42,10 @@ def sample(params, prompt, rng, *, model, length, temperature=1.0, top_k=0):
 def run_generate(config, workdir, **options):
     """--mode=generate: the task decodes from the best (else latest) checkpoint; `options` are
     the command line's (prompt, length, temperature, top_k). Returns the generated text."""
-    from lmjax import evaluate, sharding
+    from lmjax import evaluate, models, sharding, tasks
 
+    task = tasks.get_task(config)
+    task.check_generate_options(models.get_model(config), **options)
     mesh = sharding.make_mesh(jax.devices()[:1])
-    task, model, params, _, _ = evaluate.restore_for_inference(config, workdir, mesh)
+    task, model, params, _, _ = evaluate.restore_for_inference(config, workdir, mesh, task)
     return task.generate(model, params, **options)

@@ -1,8 +1,9 @@
 """Command line: `python -m lmjax.main --config=configs/sha_rnn.py:cpu --workdir=DIR`.
 
 Modes: train (resumes when DIR has checkpoints), eval (best or latest checkpoint on the full
-valid and test splits), generate (a sampled continuation of --prompt). A user mistake prints one
-line and exits with status 2; see lmjax/errors.py.
+valid and test splits), generate (a sampled continuation of --prompt), show_config (the fields
+and variants of --config). A user mistake prints one line and exits with status 2; see
+lmjax/errors.py and lmjax/cli.py.
 """
 
 import sys
@@ -10,6 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lmjax import cli
 from lmjax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -17,7 +19,7 @@ config_flags.DEFINE_config_file(
     "config", None, "Experiment config file[:variant].", lock_config=True
 )
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard logs.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "generate"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "generate", "show_config"], "What to do.")
 flags.DEFINE_string("prompt", "", "generate: the text to continue.")
 flags.DEFINE_integer("length", 200, "generate: tokens (bytes or words) to sample.")
 flags.DEFINE_float("temperature", 1.0, "generate: softmax temperature (0 = greedy).")
@@ -27,29 +29,16 @@ flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 
 
-def _fail(message, code=2):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
-def parse_flags(argv):
-    """absl parsing, but a bad flag or config override is one line and exit status 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        _fail(str(e).splitlines()[0])
-    except (KeyError, AttributeError, ValueError, TypeError, OSError) as e:
-        _fail(f"bad --config: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-
-
 def main(argv):
     from lmjax import evaluate, generate, train  # after flag parsing: jax reads XLA_FLAGS here
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
     if len(argv) > 1:
-        _fail(f"unexpected arguments {argv[1:]}")
+        cli.fail(f"unexpected arguments {argv[1:]}")
+    if FLAGS.config is not None and FLAGS.mode == "show_config":
+        return cli.show_config(FLAGS.config)
     if FLAGS.config is None or FLAGS.workdir is None:
-        _fail("--config and --workdir are required")
+        cli.fail("--config and --workdir are required")
     config, workdir = FLAGS.config, FLAGS.workdir
     if FLAGS.coordinator_address:  # elsewhere (TPU pods, SLURM) jax discovers its peers itself
         import jax
@@ -77,10 +66,10 @@ def main(argv):
                 top_k=FLAGS.top_k,
             )
     except UserError as e:
-        _fail(str(e))
+        cli.fail(str(e))
     except train.TrainingDiverged as e:
-        _fail(str(e), code=1)
+        cli.fail(str(e), code=1)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

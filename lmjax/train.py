@@ -12,7 +12,10 @@ the family is logged.
 """
 
 import functools
+import json
+import os
 import signal
+import sys
 import time
 
 import jax
@@ -119,21 +122,40 @@ def make_train_step(task, model, tx, mesh, state, carry, grad_accum_steps):
 
 
 def _check_config(config, mesh):
+    """The values that would lose work later, checked before anything runs."""
     t = config.train
-    for field in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
+    for field in ("num_steps", "log_every", "eval_every", "checkpoint_every", "grad_accum_steps"):
         if t[field] <= 0:
             raise UserError(f"train.{field}={t[field]} must be positive")
-    if t.grad_accum_steps <= 0:
-        raise UserError(f"train.grad_accum_steps={t.grad_accum_steps} must be positive")
+    if t.keep_checkpoints < 1:
+        raise UserError(
+            f"train.keep_checkpoints={t.keep_checkpoints} must be at least 1 (a re-run resumes "
+            "from the latest kept checkpoint)"
+        )
+    if t.eval_steps == 0 or t.eval_steps < -1:
+        raise UserError(f"train.eval_steps={t.eval_steps} must be positive, or -1 (whole split)")
+    lr = config.optim.learning_rate
+    if not lr >= 0:  # NaN too; inf is allowed (the divergence test uses it)
+        raise UserError(f"optim.learning_rate={lr} must be >= 0")
+    for name, value in config.model.items():
+        if "dropout" in name and isinstance(value, float | int) and not 0 <= value < 1:
+            raise UserError(f"model.{name}={value} must be in [0, 1)")
     sharding.check_batch("train.batch_size", t.batch_size, mesh, t.grad_accum_steps)
     sharding.check_batch("eval.batch_size", config.eval.batch_size, mesh)
 
 
 class _Interrupt:
-    """Turns SIGTERM / Ctrl-C into a flag the loop checks after each step."""
+    """Turns SIGTERM / Ctrl-C into a flag the loop checks after each step, and says so at once.
 
-    def __init__(self):
+    A second signal exits immediately without saving (os._exit: no cleanup can hang), naming
+    the last complete checkpoint; an async save cut short leaves only orbax's temporary
+    directory, which is never read as a checkpoint.
+    """
+
+    def __init__(self, workdir):
         self.signum = None
+        self.step = None  # the step being run, for the message
+        self._checkpoints = os.path.join(workdir, "checkpoints")
         self._old = {}
 
     def __enter__(self):
@@ -144,16 +166,37 @@ class _Interrupt:
                 pass
         return self
 
+    def _last_checkpoint(self):
+        try:  # finished saves are renamed to their step number; nothing else is a number
+            steps = [int(d) for d in os.listdir(self._checkpoints) if d.isdigit()]
+        except OSError:
+            steps = []
+        return f"step {max(steps)}" if steps else "none (no checkpoint was saved)"
+
     def _handle(self, signum, frame):
+        if self.signum is not None:
+            print(
+                f"\nexiting now without saving; the last checkpoint is {self._last_checkpoint()}",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(128 + signum)
         self.signum = signum
+        print(
+            f"\nstopping: saving a checkpoint after step {self.step} (signal {signum}; send it "
+            "again to exit at once without saving)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
             signal.signal(s, h)
 
 
-def _flush(pending, step, last_logged):
-    """Sums device metrics since the last log; raises if the loss went non-finite.
+def _flush(pending, step, last_logged, suspect=None):
+    """Sums device metrics since the last log; raises if the loss went non-finite, naming
+    `suspect` (the checkpoint a run just resumed from) if given.
 
     Returns (mean loss, targets counted, mean grad norm, last param norm, mean aux scalars).
     """
@@ -161,11 +204,19 @@ def _flush(pending, step, last_logged):
     loss_sum = sum(float(m["loss_sum"]) for m in host)
     count = sum(float(m["count"]) for m in host)
     loss = loss_sum / max(count, 1.0)
-    if not np.isfinite(loss) or any(not np.isfinite(float(m["grad_norm"])) for m in host):
-        raise TrainingDiverged(
-            f"loss is not finite in steps {last_logged + 1}-{step}; the last checkpoint "
-            f"(step <= {last_logged}) is intact"
-        )
+    # The parameters too: a finite loss with an update that overflowed would otherwise reach
+    # the checkpoint saved at this step.
+    norms = [float(m[k]) for m in host for k in ("grad_norm", "param_norm")]
+    if not np.isfinite(loss) or not np.all(np.isfinite(norms)):
+        message = f"loss is not finite in steps {last_logged + 1}-{step}"
+        if suspect:
+            message += (
+                f", before any checkpoint since resuming from {suspect}: that checkpoint is the "
+                "suspect (move it aside to resume from the one before it)"
+            )
+        else:
+            message += f"; the last checkpoint (step <= {last_logged}) is intact"
+        raise TrainingDiverged(message)
     grad_norm = float(np.mean([float(m["grad_norm"]) for m in host]))
     aux = {k: float(np.mean([float(m["aux"][k]) for m in host])) for k in host[-1]["aux"]}
     return loss, count, grad_norm, float(host[-1]["param_norm"]), aux
@@ -177,6 +228,20 @@ def _restored_best(meta, task):
     return best.get("value") if best.get("metric") == task.rank_by else None
 
 
+def _prepare_workdir(workdir):
+    """Creates `workdir` if needed; a path that is a file or not writable is a UserError."""
+    workdir = os.path.abspath(os.path.expanduser(str(workdir)))
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"--workdir {workdir} is a file, not a directory")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--workdir {workdir}: cannot create it ({e.strerror or e})") from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise UserError(f"--workdir {workdir} is not writable")
+    return workdir
+
+
 def train_and_evaluate(config, workdir, *, devices=None):
     """Trains (or resumes) `config` in `workdir`. Returns a summary dict of the last events."""
     mesh = sharding.make_mesh(devices)
@@ -184,19 +249,34 @@ def train_and_evaluate(config, workdir, *, devices=None):
     task = tasks.get_task(config)
     model = models.get_model(config)
     # Every check on the user's input happens before any checkpoint is opened.
-    task.prepare(model, ("train", "valid"))
+    task.prepare(model, ("train", "valid", "test"))
     tx, schedule = optim.make_optimizer(config.optim)
-    b = config.train.batch_size
+    workdir = _prepare_workdir(workdir)
+    lock = checkpoint.WorkdirLock(workdir) if jax.process_index() == 0 else None
+    try:
+        return _train(config, workdir, mesh, task, model, tx, schedule)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _train(config, workdir, mesh, task, model, tx, schedule):
+    b = config.train.batch_size
+    config_dict = json.loads(config.to_json_best_effort())
     ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
     init_inputs = task.init_inputs()
     target = state_lib.sharded_train_state(config, model, tx, mesh, init_inputs, abstract=True)
     carry = state_lib.zero_carry(model, b, mesh)
-    restored = ckpts.restore_latest(target, carry)
-    best = None
+    try:
+        restored = ckpts.restore_latest(target, carry, config_dict)
+    except BaseException:
+        ckpts.close()
+        raise
+    best, resumed_from = None, None
     if restored is not None:
         state, carry, meta, path = restored
         best = _restored_best(meta, task)
+        resumed_from = path
         print(f"resuming from {path} (step {meta['step']})")
     else:
         state = state_lib.sharded_train_state(config, model, tx, mesh, init_inputs)
@@ -217,9 +297,11 @@ def train_and_evaluate(config, workdir, *, devices=None):
 
     model = model.adapt_to(state.params)  # e.g. Adaptive-Span: trims from the (restored) spans
     step_fn = step_fn_for(model)
-    writer = writers.MetricWriter(workdir)
+    # Rows logged after the resumed step belong to a run that was cut short: set them aside.
+    writer = writers.MetricWriter(workdir, resume_step=start if restored is not None else None)
     summary = {"start_step": start}
     pending, last_logged, t0, stop = [], start, time.perf_counter(), False
+    saved_since_resume = False  # until then a divergence names the restored checkpoint
     bar = tqdm.tqdm(
         total=config.train.num_steps,
         initial=start,
@@ -228,20 +310,28 @@ def train_and_evaluate(config, workdir, *, devices=None):
         mininterval=1.0,
     )
     try:
-        with _Interrupt() as interrupt:
+        with _Interrupt(workdir) as interrupt:
             for step in range(start, config.train.num_steps):
+                interrupt.step = step + 1
                 host_batch, reset = task.train_batch(step)
                 if reset:  # a new pass over the data starts from empty state, as the references
                     carry = state_lib.zero_carry(model, b, mesh)
                 batch = sharding.shard_host_batch(mesh, host_batch)
                 state, carry, metrics = step_fn(state, carry, batch)
                 pending.append(metrics)
+                if len(pending) > 1:
+                    # At most one step queued behind the running one: the device never idles,
+                    # and a signal is acted on within a step, not after a log interval's worth.
+                    jax.block_until_ready(pending[-2]["loss_sum"])
                 done = step + 1
                 bar.update(1)
                 last = done == config.train.num_steps
                 adapted = False
                 if done % config.train.log_every == 0 or last:
-                    loss, count, grad_norm, param_norm, aux = _flush(pending, done, last_logged)
+                    suspect = resumed_from if not saved_since_resume else None
+                    loss, count, grad_norm, param_norm, aux = _flush(
+                        pending, done, last_logged, suspect
+                    )
                     tok_s = count / (time.perf_counter() - t0)
                     scores = task.scores(loss)
                     writer.write(
@@ -283,13 +373,20 @@ def train_and_evaluate(config, workdir, *, devices=None):
                 save = done % config.train.checkpoint_every == 0 or last or stop
                 if save or is_best:
                     if pending:  # never checkpoint a state whose loss has not been checked
-                        _flush(pending, done, last_logged)
+                        _flush(
+                            pending,
+                            done,
+                            last_logged,
+                            resumed_from if last_logged == start else None,
+                        )
                     meta = {
                         "step": done,
                         "best": {"metric": task.rank_by, "value": best},
                         "model_name": config.model_name,
                         "task": config.get("task", "lm"),
+                        "config": config_dict,  # names the fields a mismatching re-run changed
                     }
+                    saved_since_resume = True
                     if save:
                         ckpts.save(done, state, carry, meta)
                     if is_best:

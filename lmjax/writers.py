@@ -13,12 +13,17 @@ import jax
 class MetricWriter:
     """Appends events to workdir/metrics.jsonl and workdir/tensorboard/ (process 0 only)."""
 
-    def __init__(self, workdir, tensorboard=True):
+    def __init__(self, workdir, tensorboard=True, resume_step=None):
+        """With `resume_step` (a run resuming from that step's checkpoint), rows of later steps,
+        logged by the run that was cut short and about to be logged again, move from
+        metrics.jsonl to metrics.superseded.jsonl, so each step appears once."""
         self.enabled = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
+            if resume_step is not None:
+                _set_aside_after(self.path, resume_step)
             if tensorboard:
                 from tensorboardX import SummaryWriter
 
@@ -47,3 +52,26 @@ def read_metrics(workdir):
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def _set_aside_after(path, step):
+    """Moves the rows of metrics.jsonl with a step above `step` to metrics.superseded.jsonl."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    keep, later = [], []
+    for line in lines:
+        try:
+            row_step = json.loads(line).get("step", 0)
+        except ValueError:  # a torn last line from a killed run
+            row_step = step + 1
+        (later if row_step > step else keep).append(line)
+    if not later:
+        return
+    with open(path.replace("metrics.jsonl", "metrics.superseded.jsonl"), "a") as f:
+        f.writelines(later)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)

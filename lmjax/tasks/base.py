@@ -21,8 +21,9 @@ logging; it names no field of any task. A Task owns the rest:
   evaluate(model, params, split, *, mesh, max_batches=-1, progress=False)
                               a dict of metrics over `split` (or its first max_batches batches);
                               it includes `loss` and `rank_by`; `progress` shows a bar.
-  generate(model, params, **options)
-                              decoding for --mode=generate; prints and returns the text.
+  check_generate_options(model, **options), generate(model, params, **options)
+                              decoding for --mode=generate (options checked before the
+                              restore); prints and returns the text.
 
 and the class attributes `metric` (the headline metric: progress bar, eval print), `rank_by`
 (the validation metric that picks best/), `higher_is_better`, and `eval_splits`.
@@ -69,6 +70,10 @@ class Task:
 
     def evaluate(self, model, params, split, *, mesh, max_batches=-1, progress=False):
         raise NotImplementedError
+
+    def check_generate_options(self, model, **options):
+        """Raises a UserError for a bad generate option, before any checkpoint is read."""
+        del model, options
 
     def generate(self, model, params, **options):
         del model, params, options

@@ -17,6 +17,7 @@ Generation samples a continuation of a prompt token by token, carrying the state
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -150,10 +151,18 @@ class LMTask(base.Task):
 
     # -- generation ----------------------------------------------------------------------------
 
-    def generate(self, model, params, *, prompt="", length=200, temperature=1.0, top_k=0, seed=0):
-        """Prints the prompt and a sampled continuation of `length` bytes or words."""
+    def check_generate_options(self, model, *, length=200, temperature=1.0, top_k=0, **_):
         if length <= 0:
             raise UserError(f"--length={length} must be positive")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise UserError(f"--temperature={temperature} must be >= 0 (0 is greedy)")
+        v = model.config.vocab_size
+        if not 0 <= top_k <= v:
+            raise UserError(f"--top_k={top_k} must be in [0, {v}] (0 samples from all {v})")
+
+    def generate(self, model, params, *, prompt="", length=200, temperature=1.0, top_k=0, seed=0):
+        """Prints the prompt and a sampled continuation of `length` bytes or words."""
+        self.check_generate_options(model, length=length, temperature=temperature, top_k=top_k)
         vocab = corpora.load_vocab(self.config.data)  # None at byte level
         if vocab is None:
             tokens = encode_prompt(prompt, model.config.vocab_size)
