@@ -165,7 +165,7 @@ class AdaptiveIO(nn.Module):
             self.cluster_weight = self.param("cluster_weight", cluster_init, (c, e0))
             bias_init = cluster_init if torch else nn.initializers.zeros
             self.cluster_bias = self.param("cluster_bias", bias_init, (c,))
-        self.drop = nn.Dropout(self.dropout_rate)
+        self.drop = core.Dropout(self.dropout_rate)
 
     def embed(self, tokens, *, train):
         """tokens: [b, t] int. Returns [b, t, d] float32 input embeddings."""

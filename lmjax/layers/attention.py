@@ -3,6 +3,18 @@
 Shape legend: b batch, t query time (the segment), s key time (memory + segment), m memory
 slots, w window (distances 1..w before each query), h heads, k head_dim, d d_model.
 
+`masked_softmax` is the one attention core every family's explicit path calls, each with its
+own mask semantics; it returns float32 probabilities, and the family applies its dropout after:
+
+* SHA-RNN (`_SingleHeadAttention`) and Transformer-XL (`relative_attention` below): `mask`, with
+  `fill` = finfo(float32).min where it is False (the references' -inf, kept finite so a row
+  with no allowed key gives a uniform row, not NaN); Transformer-XL adds its position scores
+  as `bias`.
+* SRU++ (`_Attention`): `bias` = 0 or -10000 (the reference's additive mask, not -inf), no
+  `mask`.
+* Adaptive-Span (`_SeqAttention`): a plain softmax, then `prob_mask` (the soft span mask
+  m_z, multiplied after the softmax) and renormalised, p·m / (Σ p·m + `renorm_eps` = 1e-8).
+
 Two relative-position schemes live here, both as layout helpers plus one attention function:
 
 * Transformer-XL (Dai et al. 2019, arXiv 1901.02860, §3.3; kimiyoung/transformer-xl
@@ -11,7 +23,8 @@ Two relative-position schemes live here, both as layout helpers plus one attenti
   with R the sinusoid of `sinusoid_positions` over descending positions s-1 .. 0, and
   `rel_shift` moving the "query x position" matrix to "query x key". `relative_attention` adds
   the scores, masks, and runs a float32 softmax, through `jax.nn.dot_product_attention` (the
-  position term passed as its bias) or the explicit form kept as the reference.
+  position term passed as its bias) or the explicit form (`masked_softmax`) kept as the
+  reference.
 * Adaptive-Span (Sukhbaatar et al. 2019, arXiv 1905.07799; facebookresearch/adaptive-span
   `SeqAttention`): a query attends to exactly the w keys before it (distances 1..w, itself
   excluded), with one learned embedding per distance added as q·p_d. `window_scores` gathers
@@ -31,6 +44,40 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+_FLOAT32_MIN = float(jnp.finfo(jnp.float32).min)
+
+
+def masked_softmax(
+    scores, *, mask=None, bias=None, fill=_FLOAT32_MIN, prob_mask=None, renorm_eps=0.0
+):
+    """softmax(scores + bias) over the last axis, in float32, with a mask before or after it.
+
+    In order: z = float32(scores) + float32(bias); z = fill where `mask` is False; p = softmax(z);
+    then with `prob_mask`, p = p · prob_mask / (Σ p · prob_mask + renorm_eps).
+
+    Args:
+      scores: [..., t, s] float, already scaled.
+      mask: None, or bool broadcastable to scores (same rank), True where a key is allowed.
+      bias: None, or float broadcastable to scores (same rank), added before the mask.
+      fill: the score a masked-out key gets (finfo(float32).min: probability 0 unless the whole
+        row is masked, where it is uniform).
+      prob_mask: None, or float broadcastable to scores (same rank), multiplied after the
+        softmax, then the row is renormalised.
+      renorm_eps: added to the renormalising sum (Adaptive-Span's 1e-8).
+    Returns:
+      [..., t, s] float32 probabilities.
+    """
+    z = scores.astype(jnp.float32)
+    if bias is not None:
+        z = z + bias.astype(jnp.float32)
+    if mask is not None:
+        z = jnp.where(mask, z, fill)
+    probs = jax.nn.softmax(z, axis=-1)
+    if prob_mask is not None:
+        probs = probs * prob_mask
+        probs = probs / (probs.sum(-1, keepdims=True) + renorm_eps)
+    return probs
 
 
 def memory_causal_mask(t, mem_len, mem_count):
@@ -121,9 +168,7 @@ def relative_attention(q, k, v, pos_bias, mask, *, dropout=None, fused=True):
             q, k.astype(q.dtype), v.astype(q.dtype), bias=pos_bias, mask=mask, scale=scale
         )
     scores = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32)
-    scores = scores * scale + pos_bias.astype(jnp.float32)
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
+    probs = masked_softmax(scores * scale, mask=mask, bias=pos_bias)
     if dropout is not None:
         probs = dropout(probs)
     return jnp.einsum("bhts,bshk->bthk", probs.astype(v.dtype), v)

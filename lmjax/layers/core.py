@@ -4,11 +4,13 @@
 `torch_linear_init(fan_in)` PyTorch's `nn.Linear` default for weight and bias, U(±1/√fan_in): the
 one place the families' PyTorch-matching inits draw from, so equal keys give equal parameters.
 
-`Dropout` is inverted dropout like `flax.linen.Dropout`, with masks drawn from 16-bit random
-numbers: one 32-bit threefry word gives two masks. Random-bit generation is a large share of a
-training step at CPU scale (about a fifth of SHA-RNN's `cpu` step with flax's Dropout, whose
-Bernoulli draws one 32-bit word per element), and halving the words halves it. The rate is
-quantised to 1/65536 (0.1 -> 0.100006); the kept values are scaled by the exact 1/(1 - p').
+`Dropout` is the one dropout of every family (SHA-RNN, SRU, SRU++, Transformer-XL, Adaptive-Span,
+the adaptive input and softmax, SRU's recurrence mask): inverted dropout like
+`flax.linen.Dropout`, with masks drawn from 16-bit random numbers, so one 32-bit threefry word
+gives two masks. Random-bit generation is a large share of a training step at CPU scale (about
+a fifth of SHA-RNN's `cpu` step with flax's Dropout, whose Bernoulli draws one 32-bit word per
+element), and halving the words halves it. The rate is quantised to 1/65536 (0.1 -> 0.100006);
+the kept values are scaled by the exact 1/(1 - p'). Masks differ from flax's for the same key.
 """
 
 import math

@@ -98,7 +98,7 @@ def recurrence_mask(rate, shape, train):
     float32 mask, or None when it is off (evaluation, or rate 0)."""
     if rate <= 0 or not train:
         return None
-    return nn.Dropout(rate)(jnp.ones(shape, jnp.float32), deterministic=False)
+    return core.Dropout(rate)(jnp.ones(shape, jnp.float32), deterministic=False)
 
 
 def _sru2_weight(d_w, n, k, dropout, rescale, highway_bias, vc_terms):

@@ -16,7 +16,8 @@ Map from the reference to this file:
   SeqAttention + _skew/_unskew    `_SeqAttention` on `attention.window_scores/window_output`:
                                   a query sees distances 1..L (itself excluded), q·k + q·p_d
   AdaptiveMask m_z (A.3)          `_soft_mask`: clamp((R + z·L - (d - 1)) / R, 0, 1), applied
-                                  after the softmax, renormalised with +1e-8
+                                  after the softmax, renormalised with +1e-8 (the `prob_mask`
+                                  of `attention.masked_softmax`)
   z (`_mask.current_val`)         param `span_z` [h] per layer, a fraction of L, init 0
   clamp after every step          `AdaptiveSpan.post_update` (the trainer hook)
   get_loss                        aux "span_penalty" = Σ_layers λ·L·mean_h(z) (added to the
@@ -186,7 +187,7 @@ class _SeqAttention(nn.Module):
         nh, hk = self.num_heads, d // self.num_heads
         w = kv_in.shape[1] - t
         assert w == self.attn_span - self.trim
-        drop = lambda x: nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        drop = lambda x: core.Dropout(self.dropout_rate)(x, deterministic=not train)
         proj = lambda name: _dense(d, d, self.dtype, name, use_bias=False)
         q = proj("proj_query")(h).reshape(b, t, nh, hk)
         k = proj("proj_key")(kv_in).reshape(b, w + t, nh, hk)
@@ -198,10 +199,11 @@ class _SeqAttention(nn.Module):
             mask = _soft_mask(z, w, self.attn_span, self.ramp)[None, :, None, :]  # [1, h, 1, w]
         n = self.pers_mem_size
         if n == 0:
-            probs = jax.nn.softmax(scores / math.sqrt(hk), axis=-1)
-            if z is not None:
-                probs = probs * mask
-                probs = probs / (probs.sum(-1, keepdims=True) + _RENORM_EPS)
+            probs = attention.masked_softmax(
+                scores / math.sqrt(hk),
+                prob_mask=None if z is None else mask,
+                renorm_eps=_RENORM_EPS,
+            )
             out = attention.window_output(drop(probs), v)
         else:
             # All-attention: stored small, used at unit scale (√k·P_k, √n·P_v).
@@ -209,10 +211,14 @@ class _SeqAttention(nn.Module):
             pk = self.param("pers_key", normal(1 / math.sqrt(hk)), (nh, hk, n)) * math.sqrt(hk)
             pv = self.param("pers_val", normal(1 / math.sqrt(n)), (nh, n, hk)) * math.sqrt(n)
             pers = jnp.einsum("bthk,hkn->bhtn", q, pk.astype(q.dtype)).astype(jnp.float32)
-            joint = jax.nn.softmax(jnp.concatenate([scores, pers], -1) / math.sqrt(hk), axis=-1)
+            joint_mask = None
             if z is not None:  # mask the context only, then renormalise jointly
-                joint = joint * jnp.concatenate([mask, jnp.ones((1, nh, 1, n))], axis=-1)
-                joint = joint / (joint.sum(-1, keepdims=True) + _RENORM_EPS)
+                joint_mask = jnp.concatenate([mask, jnp.ones((1, nh, 1, n))], axis=-1)
+            joint = attention.masked_softmax(
+                jnp.concatenate([scores, pers], -1) / math.sqrt(hk),
+                prob_mask=joint_mask,
+                renorm_eps=_RENORM_EPS,
+            )
             probs, probs_pers = drop(joint[..., :w]), drop(joint[..., w:])
             out = attention.window_output(probs, v)
             out = out + jnp.einsum("bhtn,hnk->bthk", probs_pers.astype(self.dtype), pv)
@@ -256,7 +262,7 @@ class _Layer(nn.Module):
         if c.pers_mem_size == 0:
             d = c.d_model
             y = nn.relu(_dense(c.d_ff, d, dtype, "fc1")(h_next))
-            y = nn.Dropout(c.dropout_rate)(y, deterministic=not train)
+            y = core.Dropout(c.dropout_rate)(y, deterministic=not train)
             y = _dense(d, c.d_ff, dtype, "fc2")(y).astype(jnp.float32)
             h_next = nn.LayerNorm(_LN_EPS, dtype=jnp.float32, name="norm2")(h_next + y)
         # Next cache: the last L layer inputs; beyond the reference's (shrunken) cache, zeros.
@@ -344,7 +350,7 @@ class AdaptiveSpan(base.Family):
         assert all(0 <= x < c.attn_span and x % _TRIM_STEP == 0 for x in trims), trims
         carry = self.init_carry(b) if carry is None else carry
         assert carry.cache[0].shape == (b, c.attn_span, c.d_model)
-        emb_drop = lambda x: nn.Dropout(c.dropout_emb)(x, deterministic=not train)
+        emb_drop = lambda x: core.Dropout(c.dropout_emb)(x, deterministic=not train)
         if c.adaptive_cutoffs:
             io = adaptive.AdaptiveIO(
                 c.vocab_size,

@@ -6,7 +6,9 @@ f d_ff (the Boom width), v vocab.
 Map from the reference (specs/recurrent.md part A) to this file:
   block j (A2)                 `_Block`: LN_start -> LSTM -> dropout, no residual around the LSTM
   single-head attention (A3)   `_SingleHeadAttention`: gates σ(qs), σ(ks) and the Overparam value
-                               gate σ(f)⊙tanh(c), query Linear + LN, no key/value/output projection
+                               gate σ(f)⊙tanh(c), query Linear + LN, no key/value/output
+                               projection; masked keys get finfo(float32).min
+                               (`attention.masked_softmax`)
   Boom (A4)                    `_Boom`: Linear(d -> f), GELU x·σ(1.702x), sum of the f/d chunks
   output (A5)                  tied embedding `attend` plus its own bias
   init (A6)                    N(0, (0.1/√d)²) for every Linear and the embedding, zero biases,
@@ -108,9 +110,7 @@ class _SingleHeadAttention(nn.Module):
         v = gv * kv
         q, v = drop(q), drop(v)  # the reference drops q and v but not k
         scores = jnp.einsum("btd,bsd->bts", q.astype(self.dtype), k.astype(self.dtype))
-        scores = scores.astype(jnp.float32) / d**0.5
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        probs = drop(jax.nn.softmax(scores, axis=-1))
+        probs = drop(attention.masked_softmax(scores.astype(jnp.float32) / d**0.5, mask=mask))
         return jnp.einsum("bts,bsd->btd", probs.astype(self.dtype), v.astype(self.dtype))
 
 

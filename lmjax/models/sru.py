@@ -72,7 +72,7 @@ class SRULM(base.Family):
         """tokens: [b, t] int. Returns (logits [b, t, v] float32, carry, aux {})."""
         c = self.config
         carry = self.init_carry(tokens.shape[0]) if carry is None else carry
-        drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=not train)
+        drop = lambda y: core.Dropout(c.dropout_rate)(y, deterministic=not train)
         init = core.uniform(math.sqrt(3.0 / c.vocab_size))  # 3 / weight.size(0) in the reference
         x = drop(nn.Embed(c.vocab_size, c.input_dim, embedding_init=init, name="embed")(tokens))
         x = x.astype(jnp.dtype(c.dtype))

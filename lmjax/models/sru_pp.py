@@ -10,7 +10,8 @@ a the attention width (n_proj, d′), h heads, k head_dim, v vocab.
 Map from the reference to this file:
   SRU cell (B1)              `layers/sru.py` `sru_highway` (k = 3, the skip is x · scale_x)
   SRUppAttention (B2)        `_Attention`: Z = W1 [mem; x]; Q = Z[m:]; [K|V] = W2 Z;
-                             Y = LN(α · softmax(Q Kᵀ/√k + mask) V + Q); U = W3 Drop(Y)
+                             Y = LN(α · softmax(Q Kᵀ/√k + mask) V + Q); U = W3 Drop(Y), the
+                             mask additive 0 / -10000 (`attention.masked_softmax`'s `bias`)
   SRUppProjectedLinear (B2)  `_ProjectedLinear`: U = W2 Drop(LN(W1 x))
   SRUppCell / SRUpp (B2, B3) `_SRUppLayer`, `SRUpp`: memory = each attention layer's input
                              over the previous segment, K and V recomputed with current weights
@@ -139,13 +140,13 @@ class _Attention(nn.Module):
         heads = lambda y: y.reshape(b, y.shape[1], nh, a // nh)  # contiguous k slices
         scores = jnp.einsum("bthk,bshk->bhts", heads(q * (a // nh) ** -0.5), heads(key))
         bias = jnp.where(mask, 0.0, _MASK_VALUE)[:, None]  # additive, as the reference
-        probs = jax.nn.softmax(scores.astype(jnp.float32) + bias, axis=-1)
-        probs = nn.Dropout(self.attn_dropout)(probs, deterministic=not train)
+        probs = attention.masked_softmax(scores, bias=bias)
+        probs = core.Dropout(self.attn_dropout)(probs, deterministic=not train)
         o = jnp.einsum("bhts,bshk->bthk", probs.astype(self.dtype), heads(value))
         alpha = self.param("alpha", nn.initializers.zeros, (1,))  # ReZero-like, starts at 0
         y = alpha[0] * o.reshape(b, t, a).astype(jnp.float32) + q.astype(jnp.float32)
         y = nn.LayerNorm(_LN_EPS, dtype=jnp.float32, name="layer_norm")(y)
-        y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+        y = core.Dropout(self.dropout_rate)(y, deterministic=not train)
         return dense(self.d_out, "linear3", scale)(y)
 
 
@@ -164,7 +165,7 @@ class _ProjectedLinear(nn.Module):
             self.attn_dim, use_bias=False, kernel_init=_xavier(), dtype=self.dtype, name="linear1"
         )(x)
         z = nn.LayerNorm(_LN_EPS, dtype=jnp.float32, name="layer_norm")(z.astype(jnp.float32))
-        z = nn.Dropout(self.dropout_rate)(z, deterministic=not train)
+        z = core.Dropout(self.dropout_rate)(z, deterministic=not train)
         return nn.Dense(
             self.d_out, use_bias=False, kernel_init=_xavier(scale), dtype=self.dtype, name="linear2"
         )(z)
@@ -262,7 +263,7 @@ class SRUpp(base.Family):
         b, t = tokens.shape
         assert c.attn_dim % c.num_heads == 0 and c.attn_every_k >= 1, c
         carry = self.init_carry(b) if carry is None else carry
-        drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=not train)
+        drop = lambda y: core.Dropout(c.dropout_rate)(y, deterministic=not train)
         init = core.uniform(math.sqrt(3.0 / c.d_model))
         if c.adaptive_cutoffs:
             io = adaptive.AdaptiveIO(

@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmjax.layers import attention
+from lmjax.layers import attention, core
 from lmjax.models import base
 
 _LN_EPS = 1e-5
@@ -119,7 +119,7 @@ class _RelPartialAttention(nn.Module):
         bd = attention.rel_shift(bd.astype(jnp.float32)) * hk**-0.5
         drop_attn = None
         if train and self.dropout_attn > 0:
-            drop_attn = lambda p: nn.Dropout(self.dropout_attn)(p, deterministic=False)
+            drop_attn = lambda p: core.Dropout(self.dropout_attn)(p, deterministic=False)
         out = attention.relative_attention(
             (q + u[None, None]).astype(self.dtype),
             k.astype(self.dtype),
@@ -130,7 +130,7 @@ class _RelPartialAttention(nn.Module):
             fused=self.fused,
         )
         out = dense(d, "o_net")(out.reshape(b, t, nh * hk))
-        out = nn.Dropout(self.dropout_rate)(out, deterministic=not train)
+        out = core.Dropout(self.dropout_rate)(out, deterministic=not train)
         return _layer_norm("layer_norm")(h + out.astype(jnp.float32)), next_cache
 
 
@@ -143,7 +143,7 @@ class _FeedForward(nn.Module):
 
     @nn.compact
     def __call__(self, h, *, train):
-        drop = lambda x: nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        drop = lambda x: core.Dropout(self.dropout_rate)(x, deterministic=not train)
         z = nn.Dense(self.d_ff, kernel_init=_INIT, dtype=self.dtype, name="fc1")(h)
         z = drop(
             nn.Dense(h.shape[-1], kernel_init=_INIT, dtype=self.dtype, name="fc2")(
@@ -206,7 +206,7 @@ class TransformerXL(base.Family):
             "with gradients through the memory's key/value projections"
         )
         carry = self.init_carry(b) if carry is None else carry
-        drop = lambda x: nn.Dropout(c.dropout_rate)(x, deterministic=not train)
+        drop = lambda x: core.Dropout(c.dropout_rate)(x, deterministic=not train)
         m = c.mem_len
         s = m + t
         embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=_INIT, name="embed")

@@ -1,5 +1,6 @@
-"""The shared attention layer: layout helpers against index formulas, the fused path against the
-explicit one, and both relative-position schemes against per-pair loops."""
+"""The shared attention layer: the masked softmax against numpy, layout helpers against index
+formulas, the fused path against the explicit one, and both relative-position schemes against
+per-pair loops."""
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,38 @@ from lmjax.layers import attention
 
 def _normal(seed, shape):
     return jax.random.normal(jax.random.PRNGKey(seed), shape)
+
+
+def _numpy_softmax(x):
+    x = np.asarray(x, np.float64)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_masked_softmax_against_numpy():
+    """Plain, masked (filled), additive bias, and a mask multiplied after the softmax."""
+    scores = _normal(10, (2, 3, 5)) * 3
+    bias = _normal(11, (2, 3, 5))
+    mask = np.tril(np.ones((3, 5), bool), 2)[None]  # [1, t, s]; every row keeps a key
+    prob_mask = np.asarray(jax.random.uniform(jax.random.PRNGKey(12), (1, 3, 5)))
+    plain = attention.masked_softmax(scores.astype(jnp.bfloat16))
+    assert plain.dtype == jnp.float32
+    np.testing.assert_allclose(plain, _numpy_softmax(scores.astype(jnp.bfloat16)), atol=1e-6)
+    got = attention.masked_softmax(scores, mask=jnp.asarray(mask), bias=bias)
+    want = _numpy_softmax(np.where(mask, np.asarray(scores) + np.asarray(bias), -np.inf))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(got)[np.broadcast_to(~mask, got.shape)], 0.0)
+    # SRU++'s additive mask: a large negative bias instead of a fill.
+    additive = jnp.where(jnp.asarray(mask), 0.0, -10000.0)
+    got = attention.masked_softmax(scores, bias=additive)
+    np.testing.assert_allclose(got, _numpy_softmax(scores + np.asarray(additive)), atol=1e-6)
+    # Adaptive-Span: p · m / (Σ p · m + eps) after a plain softmax.
+    got = attention.masked_softmax(scores, prob_mask=jnp.asarray(prob_mask), renorm_eps=1e-8)
+    p = _numpy_softmax(scores) * prob_mask
+    np.testing.assert_allclose(got, p / (p.sum(-1, keepdims=True) + 1e-8), atol=1e-6)
+    # A fully masked row is uniform with the finite fill (no NaN).
+    none = attention.masked_softmax(scores, mask=jnp.zeros((1, 3, 5), bool))
+    np.testing.assert_allclose(none, 0.2, atol=1e-7)
 
 
 def test_memory_mask_and_append():
