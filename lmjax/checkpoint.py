@@ -22,8 +22,11 @@ the run stops rather than silently starting over on top of them. orbax writes ea
 a temporary directory and renames it when complete, so a save cut short is never picked up.
 """
 
+import contextlib
 import fcntl
 import functools
+import gc
+import logging
 import math
 import os
 import sys
@@ -84,6 +87,24 @@ class Checkpoints:
     def close(self):
         self.latest.close()
         self.best.close()
+
+    def set_aside_after(self, step):
+        """Moves best/ checkpoints of steps after `step` (the step a run resumes from: they
+        belong to the run that was cut short, and their step numbers are about to be reached
+        again) to workdir/superseded/. Returns whether any was moved."""
+        later = [s for s in self.best.all_steps() if s > step]
+        for s in later:
+            aside = os.path.join(self.workdir, "superseded", f"best-{s}-{int(time.time())}")
+            os.makedirs(os.path.dirname(aside), exist_ok=True)
+            os.rename(os.path.join(str(self.best.directory), str(s)), aside)
+            print(
+                f"warning: best/{s} is from a run that did not reach a checkpoint after step "
+                f"{step}; moved it to {aside}",
+                file=sys.stderr,
+            )
+        if later:
+            self.best.reload()
+        return bool(later)
 
     def restore_latest(self, state, carry, config=None):
         """(state, carry, meta, path) of the newest intact checkpoint, or None if there is none.
@@ -318,6 +339,26 @@ def quarantine(mngr, step, reason, fallback):
     )
 
 
+@contextlib.contextmanager
+def _quiet_reads():
+    """While a checkpoint is read, and while the reads of a failed one wind down: orbax reads
+    arrays in concurrent coroutines, and when one fails the others' failures reach Python's
+    unraisable hook and the asyncio / concurrent.futures loggers as pages of TensorStore specs
+    and 'Event loop is closed' tracebacks. The first failure is what the warning reports."""
+    loggers = [logging.getLogger(n) for n in ("asyncio", "concurrent.futures")]
+    hook, disabled = sys.unraisablehook, [lg.disabled for lg in loggers]
+    sys.unraisablehook = lambda unraisable: None
+    for lg in loggers:
+        lg.disabled = True
+    try:
+        yield
+    finally:
+        gc.collect()  # finalise the failed read's coroutines while their noise is muted
+        sys.unraisablehook = hook
+        for lg, d in zip(loggers, disabled, strict=True):
+            lg.disabled = d
+
+
 def _restore_newest(mngr, target, carry, config=None):
     """Restores the newest intact step of `mngr`; `target(step)` gives the state target.
 
@@ -336,7 +377,8 @@ def _restore_newest(mngr, target, carry, config=None):
             )
             if carry is not None:
                 items["carry"] = ocp.args.StandardRestore(_abstract(carry))
-            restored = mngr.restore(step, args=ocp.args.Composite(**items))
+            with _quiet_reads():
+                restored = mngr.restore(step, args=ocp.args.Composite(**items))
             recorded = restored.meta.get("checksums", {})
             bad = _verify(restored.state, recorded.get("state"))
             if bad is None and carry is not None:
@@ -347,7 +389,8 @@ def _restore_newest(mngr, target, carry, config=None):
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - any read failure means this checkpoint is unusable
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            first = first.split(" See full TensorStore details")[0][:200]  # pybind11 noise
             reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
             if i + 1 == len(steps):
                 raise UserError(

@@ -276,6 +276,8 @@ def _train(config, workdir, mesh, task, model, tx, schedule):
     if restored is not None:
         state, carry, meta, path = restored
         best = _restored_best(meta, task)
+        if ckpts.set_aside_after(meta["step"]):
+            best = None  # best/ no longer holds it: the next validation writes best/ again
         resumed_from = path
         print(f"resuming from {path} (step {meta['step']})")
     else:
