@@ -33,9 +33,9 @@ cache, Adagrad with the per-tensor clip 0.03, lr 0.07, warmup min(1, k/W) and no
                      the benchmark shape; trains on the embedded stdlib corpus. After 600
                      steps (with the clamp/trim hooks) the learned spans are 32-41 tokens, so
                      every layer trims 960 of 1024 distances. `python -m lmjax.bench
-                     --config=configs/adaptive_span.py:cpu --steps=5` on a shared 2-core CPU:
-                     full span 2885 ms/step, 1881 MB peak RSS; with
-                     `--config.model.trim_lens="(960,960,960,960)"` 904 ms/step, 859 MB.
+                     --config=configs/adaptive_span.py:cpu --steps=10` times the trainer's
+                     step with the trim from the initial spans (960 everywhere): 565 ms/step,
+                     915 MB peak RSS on a shared 2-core CPU (the full span: ~1860 ms, 1866 MB).
   tiny               seconds; for tests.
   wiki103_pers_tiny  tiny with wiki103_pers's code paths (persistent memory, tied adaptive IO)
                      on the stdlib bytes cut into clusters at 32/96/192: no download.

@@ -132,3 +132,24 @@ def test_nonfinite_loss_after_a_restore_names_the_checkpoint(tmp_path):
     config.optim.warmup_steps = 0
     with pytest.raises(train.TrainingDiverged, match=r"resuming from .*checkpoints/2.*suspect"):
         train.train_and_evaluate(config, tmp_path)
+
+
+def test_a_checkpoint_written_before_the_task_seam_still_resumes(tmp_path):
+    """Pre-seam meta: {"step", "best_valid_bpc", "model_name"}, no checksums, no config."""
+    import json
+    import math
+
+    from lmjax import checkpoint
+
+    train.train_and_evaluate(_config(2), tmp_path)
+    meta_file = tmp_path / "checkpoints" / "2" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    legacy = {"step": 2, "best_valid_bpc": 1.0, "model_name": meta["model_name"]}
+    meta_file.write_text(json.dumps(legacy))
+    upgraded = checkpoint.upgrade_meta(legacy)
+    assert upgraded["best"] == {"metric": "loss", "value": math.log(2)}
+    summary = train.train_and_evaluate(_config(3), tmp_path)
+    assert summary["start_step"] == 2 and summary["step"] == 3
+    # A validation loss above ln 2 (1 bpc) does not beat the legacy best: best/ stays at 2.
+    assert summary["valid_loss"] > math.log(2)
+    assert [p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()] == ["2"]

@@ -143,6 +143,7 @@ def test_eval_and_generate(trained):
     proc = _run(*_text_args(trained), "--mode=eval")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "valid bpc" in proc.stdout and "test bpc" in proc.stdout
+    assert "valid:" in proc.stderr and "test:" in proc.stderr  # a progress bar per split
     proc = _run(
         *_text_args(trained),
         "--mode=generate",
@@ -306,3 +307,23 @@ def test_generate_options_are_checked_before_the_checkpoint(tmp_path):
         options = {"prompt": "a", "length": 4, "temperature": 1.0, "top_k": 0, **options}
         with pytest.raises(UserError, match=re.escape(needle)):
             generate.run_generate(config, tmp_path / "never", **options)
+
+
+def test_read_only_workdir_is_one_line_for_train_and_eval(trained, monkeypatch, tmp_path):
+    """(Simulated: the tests run as root, for whom every directory is writable.)"""
+    from lmjax import evaluate
+    from lmjax.errors import UserError
+
+    real = os.access
+    work = str(trained / "work")
+    monkeypatch.setattr(os, "access", lambda p, m: False if str(p).startswith(work) else real(p, m))
+    config = sha_config.get_config("tiny")
+    config.data.update(name="text", valid_fraction=0.2)
+    config.data.update(train_path=str(trained / "train.txt"), test_path=str(trained / "test.txt"))
+    config.model.vocab_size = 128
+    before = _snapshot(work)
+    with pytest.raises(UserError, match="is not writable"):
+        train.train_and_evaluate(config, work)
+    with pytest.raises(UserError, match="is not writable: eval appends its results"):
+        evaluate.run_eval(config, work)
+    assert _snapshot(work) == before
