@@ -16,10 +16,13 @@ Resume order (train.py):
   (2) `config.init_from`: parameters only, fresh optimizer, data and state from the start
       (the SHA-RNN second pass at half the learning rate);
   (3) scratch.
-A checkpoint whose parameters do not match the config is an error naming it. An unreadable one
-(a truncated file, say) is skipped with a warning for the previous intact one; if none is intact
-the run stops rather than silently starting over on top of them. orbax writes each checkpoint to
-a temporary directory and renames it when complete, so a save cut short is never picked up.
+A checkpoint whose arrays (parameters, optimizer state, carry) do not fit the config is another
+config's, not damaged: an error naming the config fields that differ from the ones saved in its
+meta, touching nothing. One that cannot be read (a truncated file, say) or whose arrays fail the
+crc32 checksums recorded at save time is moved to workdir/unreadable/ with one warning, and the
+previous intact one is used; if none is intact the run stops rather than silently starting over
+on top of them. orbax writes each checkpoint to a temporary directory and renames it when
+complete, so a save cut short is never picked up. `WorkdirLock` keeps a second trainer out.
 """
 
 import contextlib
@@ -94,16 +97,12 @@ class Checkpoints:
         again) to workdir/superseded/. Returns whether any was moved."""
         later = [s for s in self.best.all_steps() if s > step]
         for s in later:
-            aside = os.path.join(self.workdir, "superseded", f"best-{s}-{int(time.time())}")
-            os.makedirs(os.path.dirname(aside), exist_ok=True)
-            os.rename(os.path.join(str(self.best.directory), str(s)), aside)
+            aside = _move_aside(self.best, s, "superseded")
             print(
                 f"warning: best/{s} is from a run that did not reach a checkpoint after step "
                 f"{step}; moved it to {aside}",
                 file=sys.stderr,
             )
-        if later:
-            self.best.reload()
         return bool(later)
 
     def restore_latest(self, state, carry, config=None):
@@ -187,9 +186,8 @@ def _params_target(mngr, params, step):
     stored = mngr.item_metadata(step)["state"]
     stored = getattr(stored, "tree", stored)
     sharding = jax.tree.leaves(params)[0].sharding
-    is_leaf = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
     shaped = lambda x: jax.ShapeDtypeStruct(tuple(x.shape), x.dtype, sharding=sharding)
-    target = {k: jax.tree.map(shaped, v, is_leaf=is_leaf) for k, v in stored.items()}
+    target = {k: jax.tree.map(shaped, v, is_leaf=_is_array_like) for k, v in stored.items()}
     target["params"] = params
     return target
 
@@ -320,18 +318,26 @@ def _stored_config(mngr, step):
     return meta.get("config")
 
 
-def quarantine(mngr, step, reason, fallback):
-    """Moves an unusable checkpoint out of the manager's way, into workdir/unreadable/, so the
-    next save of its step cannot collide with it: never deleted, never silently reused."""
-    path = os.path.join(str(mngr.directory), str(step))
+def _move_aside(mngr, step, folder):
+    """Moves `mngr`'s checkpoint `step` to workdir/<folder>/<manager>-<step>-<time>, out of the
+    manager's way, so the next save of that step cannot collide with it: never deleted, never
+    silently reused. Returns the new path."""
+    directory = str(mngr.directory)
     aside = os.path.join(
-        os.path.dirname(str(mngr.directory)),
-        "unreadable",
-        f"{os.path.basename(str(mngr.directory))}-{step}-{int(time.time())}",
+        os.path.dirname(directory),
+        folder,
+        f"{os.path.basename(directory)}-{step}-{int(time.time())}",
     )
     os.makedirs(os.path.dirname(aside), exist_ok=True)
-    os.rename(path, aside)
+    os.rename(os.path.join(directory, str(step)), aside)
     mngr.reload()
+    return aside
+
+
+def quarantine(mngr, step, reason, fallback):
+    """Moves an unusable checkpoint into workdir/unreadable/ with one warning."""
+    path = os.path.join(str(mngr.directory), str(step))
+    aside = _move_aside(mngr, step, "unreadable")
     print(
         f"warning: checkpoint {path} is unreadable ({reason}); moved it to {aside} and fell "
         f"back to step {fallback}",

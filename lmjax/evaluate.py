@@ -13,13 +13,13 @@ from lmjax import state as state_lib
 from lmjax.errors import UserError
 
 
-def restore_for_inference(config, workdir, mesh, task=None):
-    """(task, model, params, meta, path): the config's task (or `task`) and model, the
+def restore_for_inference(config, workdir, mesh, *, task=None, model=None):
+    """(task, model, params, meta, path): the config's task and model (or the ones given), the
     parameters of `workdir`'s best (else latest) checkpoint, and the model adapted to them.
     Needs no optimizer: a config differing only in optim or train settings reads the same
     checkpoint. Used by eval, generate and notebooks."""
-    task = task or tasks.get_task(config)
-    model = models.get_model(config)
+    task = tasks.get_task(config) if task is None else task
+    model = models.get_model(config) if model is None else model
     target = state_lib.abstract_params(model, task.init_inputs(), mesh)
     params, meta, path = checkpoint.restore_params(workdir, target)
     return task, model.adapt_to(params), params, meta, path
@@ -32,11 +32,13 @@ def run_eval(config, workdir, *, devices=None, writer=None):
     """
     mesh = sharding.make_mesh(devices)
     sharding.check_batch("eval.batch_size", config.eval.batch_size, mesh)
-    task = tasks.get_task(config)
-    task.prepare(models.get_model(config), task.eval_splits)  # user errors before any restore
+    task, model = tasks.get_task(config), models.get_model(config)
+    task.prepare(model, task.eval_splits)  # user errors before any restore
     if writer is None and jax.process_index() == 0:
         _check_writable(workdir)
-    task, model, params, meta, path = restore_for_inference(config, workdir, mesh, task)
+    task, model, params, meta, path = restore_for_inference(
+        config, workdir, mesh, task=task, model=model
+    )
     writer = writer or writers.MetricWriter(workdir, tensorboard=False)
     results = {}
     for name in task.eval_splits:

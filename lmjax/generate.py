@@ -44,8 +44,10 @@ def run_generate(config, workdir, **options):
     the command line's (prompt, length, temperature, top_k). Returns the generated text."""
     from lmjax import evaluate, models, sharding, tasks
 
-    task = tasks.get_task(config)
-    task.check_generate_options(models.get_model(config), **options)
+    task, model = tasks.get_task(config), models.get_model(config)
+    task.check_generate_options(model, **options)  # before any checkpoint is read
     mesh = sharding.make_mesh(jax.devices()[:1])
-    task, model, params, _, _ = evaluate.restore_for_inference(config, workdir, mesh, task)
+    task, model, params, _, _ = evaluate.restore_for_inference(
+        config, workdir, mesh, task=task, model=model
+    )
     return task.generate(model, params, **options)

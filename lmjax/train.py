@@ -137,9 +137,6 @@ def _check_config(config, mesh):
     lr = config.optim.learning_rate
     if not lr >= 0:  # NaN too; inf is allowed (the divergence test uses it)
         raise UserError(f"optim.learning_rate={lr} must be >= 0")
-    for name, value in config.model.items():
-        if "dropout" in name and isinstance(value, float | int) and not 0 <= value < 1:
-            raise UserError(f"model.{name}={value} must be in [0, 1)")
     sharding.check_batch("train.batch_size", t.batch_size, mesh, t.grad_accum_steps)
     sharding.check_batch("eval.batch_size", config.eval.batch_size, mesh)
 
@@ -329,8 +326,8 @@ def _train(config, workdir, mesh, task, model, tx, schedule):
                 bar.update(1)
                 last = done == config.train.num_steps
                 adapted = False
+                suspect = None if saved_since_resume else resumed_from  # named on divergence
                 if done % config.train.log_every == 0 or last:
-                    suspect = resumed_from if not saved_since_resume else None
                     loss, count, grad_norm, param_norm, aux = _flush(
                         pending, done, last_logged, suspect
                     )
@@ -375,12 +372,7 @@ def _train(config, workdir, mesh, task, model, tx, schedule):
                 save = done % config.train.checkpoint_every == 0 or last or stop
                 if save or is_best:
                     if pending:  # never checkpoint a state whose loss has not been checked
-                        _flush(
-                            pending,
-                            done,
-                            last_logged,
-                            resumed_from if last_logged == start else None,
-                        )
+                        _flush(pending, done, last_logged, suspect)
                     meta = {
                         "step": done,
                         "best": {"metric": task.rank_by, "value": best},

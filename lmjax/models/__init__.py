@@ -35,4 +35,8 @@ def get_model(config):
     if unknown:
         raise UserError(f"config.model has unknown field(s) {unknown} for {config.model_name}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.items()}
+    for name, value in values.items():  # every family names its dropout rates "*dropout*"
+        is_rate = isinstance(value, float | int) and not isinstance(value, bool)
+        if "dropout" in name and is_rate and not 0 <= value < 1:
+            raise UserError(f"model.{name}={value} must be in [0, 1)")
     return cls(cfg_cls(**values))
