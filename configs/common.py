@@ -5,7 +5,7 @@ Every experiment file builds on `base_config()` and overrides what its paper say
   model  the family's own fields, turned into its frozen `<Family>Config` (unknown keys fail)
   optim  optimizer, learning rate schedule, clipping
   train  global batch, window length, step counts, intervals
-  eval   evaluation batch and window (full split, state carried)
+  eval   evaluation batch, window and protocol (default: full split, state carried)
 """
 
 import ml_collections
@@ -88,6 +88,8 @@ def base_config():
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 8
     config.eval.seq_len = 256
+    config.eval.protocol = "carry"  # carry | segments | sliding (lmjax/tasks/lm.py)
+    config.eval.sliding_stride = 1  # sliding: score every k-th position (1: all of them)
     return config
 
 

@@ -44,8 +44,8 @@ def run_eval(config, workdir, *, devices=None, writer=None):
     for name in task.eval_splits:
         metrics = task.evaluate(model, params, name, mesh=mesh, progress=True)
         results[name] = metrics[task.metric]
-        print(f"{name} {task.metric} {results[name]:.4f}")
-        writer.write(meta["step"], name, **metrics, full=1)
+        print(f"{name} {task.metric} {results[name]:.4f}{task.eval_note(metrics)}")
+        writer.write(meta["step"], task.eval_label(name), **metrics, full=1)
     print(f"(checkpoint {path}, step {meta['step']})")
     return results
 

@@ -2,7 +2,7 @@
 
 `sample` runs a prompt through the model in one call, then a `lax.scan` of `length` steps
 feeds each sampled token back as a [1, 1] input with the carried state, so generation costs one
-compiled program regardless of length. What a prompt and a token are (bytes, words) is the
+compiled program regardless of length (a family without a decoding state reruns its window). What a prompt and a token are (bytes, words) is the
 task's (tasks/lm.py `LMTask.generate`); `run_generate` restores the parameters and hands over.
 """
 
@@ -25,8 +25,29 @@ def _pick(logits, rng, temperature, top_k):
 
 @functools.partial(jax.jit, static_argnames=("model", "length", "temperature", "top_k"))
 def sample(params, prompt, rng, *, model, length, temperature=1.0, top_k=0):
-    """prompt: [1, p] int32. Returns [length] int32 sampled continuation."""
-    logits, carry, _ = model.apply({"params": params}, prompt, None, train=False)
+    """prompt: [1, p] int32. Returns [length] int32 sampled continuation.
+
+    The state starts from `model.decode_carry(1, p + length)`. A family without one (a plain
+    causal Transformer) is decoded by rerunning the window of all p + length positions, the
+    unsampled ones still zero, and reading the logits at the last sampled position: causal, so
+    the numbers are those of one forward over the final text, at O(length) per token.
+    """
+    p = prompt.shape[1]
+    carry = model.decode_carry(1, p + length)
+    rngs = jax.random.split(rng, length)
+    if carry is None:
+        window = jnp.zeros((1, p + length), jnp.int32).at[:, :p].set(prompt)
+
+        def window_step(window, xs):
+            i, rng_t = xs
+            logits, _, _ = model.apply({"params": params}, window, None, train=False)
+            last = jax.lax.dynamic_index_in_dim(logits, p - 1 + i, axis=1, keepdims=False)
+            token = _pick(last, rng_t, temperature, top_k)
+            return jax.lax.dynamic_update_index_in_dim(window, token, p + i, axis=1), token[0]
+
+        _, tokens = jax.lax.scan(window_step, window, (jnp.arange(length), rngs))
+        return tokens
+    logits, carry, _ = model.apply({"params": params}, prompt, carry, train=False)
 
     def step(state, rng_t):
         logits, carry = state
@@ -34,7 +55,6 @@ def sample(params, prompt, rng, *, model, length, temperature=1.0, top_k=0):
         logits, carry, _ = model.apply({"params": params}, token[:, None], carry, train=False)
         return (logits[:, -1], carry), token[0]
 
-    rngs = jax.random.split(rng, length)
     _, tokens = jax.lax.scan(step, (logits[:, -1], carry), rngs)
     return tokens
 

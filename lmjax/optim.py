@@ -34,6 +34,10 @@ recursive CosineAnnealingLR (T = decay_steps, eta_min = 0) continues from the la
 value, lr(t) = lr_max (1 + cos(pi t / T)) / (1 + cos(pi (W-1) / T)) for t >= W.
 `cosine_torch_wt103` is SRU++'s train_wt103.py, whose warmup counts from 0 (lr_max t / W, so
 the first update uses lr 0) and whose cosine therefore continues from lr_max (W-1) / W (B7).
+`cosine_txl` is Transformer-XL's train.py as lmtool-fwms runs it (specs/attention.md B.8): the
+lr is written *after* each update, so update 0 uses the full lr_max, update c < W uses
+lr_max c / W, and from W on lr_max (1 + cos(pi c / T)) / 2 with T = decay_steps counted from
+update 0 (the warmup is not subtracted) and floor 0.
 """
 
 import math
@@ -46,7 +50,7 @@ import optax
 
 from lmjax.errors import UserError
 
-SCHEDULES = ("constant", "cosine", "rsqrt", "cosine_torch", "cosine_torch_wt103")
+SCHEDULES = ("constant", "cosine", "rsqrt", "cosine_torch", "cosine_torch_wt103", "cosine_txl")
 OPTIMIZERS = ("lamb", "adam", "adamw", "adagrad", "sgd", "radam")
 
 
@@ -63,7 +67,7 @@ def make_schedule(optim_cfg) -> optax.Schedule:
     if name not in SCHEDULES:
         raise UserError(f"unknown optim.schedule {name!r}; allowed: {', '.join(SCHEDULES)}")
     torch_cos = name in ("cosine_torch", "cosine_torch_wt103")
-    if name == "cosine" or torch_cos:
+    if name in ("cosine", "cosine_txl") or torch_cos:
         if "decay_steps" not in optim_cfg:
             raise UserError(
                 f"optim.schedule={name!r} needs optim.decay_steps (the step at which "
@@ -84,6 +88,12 @@ def make_schedule(optim_cfg) -> optax.Schedule:
         ramp = jnp.minimum(step, warmup) / warmup if warmup > 0 else jnp.float32(1.0)
         if name == "cosine_torch_wt103" and warmup > 0:
             ramp = (step - 1.0) / warmup  # lr_max t / W with t = count: the first update is 0
+        if name == "cosine_txl":
+            c = jnp.asarray(count, jnp.float32)
+            ramp = jnp.where(c == 0, 1.0, c / max(warmup, 1))  # update 0: the initial lr
+            cos = 2.0 * jnp.cos(jnp.pi * jnp.minimum(c, decay_steps) / (2 * decay_steps)) ** 2
+            factor = jnp.where(c < warmup, ramp, 0.5 * cos)
+            return (lr_max * factor).astype(jnp.float32)
         if name == "constant":
             after = jnp.float32(1.0)
         elif torch_cos:

@@ -94,7 +94,8 @@ def train_step(state, carry, batch, *, task, model, tx, grad_accum_steps=1):
         aux = jax.tree.map(lambda x: jnp.mean(x, axis=0), aux)
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = model.post_update(optax.apply_updates(state.params, updates))
+    last_rng = rng if grad_accum_steps == 1 else jax.random.fold_in(rng, grad_accum_steps - 1)
+    params = model.post_update(optax.apply_updates(state.params, updates), _rngs(model, last_rng))
     metrics = {
         "loss_sum": loss_sum,
         "count": count,

@@ -11,6 +11,9 @@ both (specs/recurrent.md B4, specs/attention.md A.5):
   Adaptive-Span           `adaptive_io.py`: input scaled by √d, cluster logits from a separate
                           `cluster_proj` (weight and bias), no dropout inside, tied with
                           `--adapt-io-tied`, PyTorch default initialisation.
+  lmtool-fwms (B.7)       Transformer-XL's layer at div_val 1 with d_proj = d_embed: one table
+                          in row slices, input scaled by √d, tied, *no* projections
+                          (`projections=False`), N(0, 0.02) tables and cluster weight, biases 0.
 
 Shape legend: b batch, t time, d d_model (the reference's d_proj), v vocab, c tail clusters,
 n the size of one cluster, e the embedding width of one cluster.
@@ -111,10 +114,12 @@ class AdaptiveIO(nn.Module):
       scale_embed: multiply the input embedding by √d (Adaptive-Span).
       tie_tables: the softmax uses the input tables E_i.
       tie_projs: the softmax uses the input projections P_i.
-      init_scheme: "xavier" (SRU++: tables and C ~ U(±√(3/d)), projections xavier-uniform, biases 0)
-        or "torch" (Adaptive-Span, PyTorch defaults: tables N(0, 1) as nn.Embedding,
+      init_scheme: "xavier" (SRU++: tables and C ~ U(±√(3/d)), projections xavier-uniform, biases 0),
+        "torch" (Adaptive-Span, PyTorch defaults: tables N(0, 1) as nn.Embedding,
         projections, untied output tables and biases U(±1/√e_i) as nn.Linear(e_i, ·), C and
-        its bias U(±1/√e_0)).
+        its bias U(±1/√e_0)) or "normal" (lmtool-fwms `weights_init`: tables, projections and C
+        ~ N(0, 0.02), biases 0).
+      projections: project every cluster (P_i); False needs d_embed = d_model and div_val 1.
       max_chunk_logits: the largest [b, chunk, n] logits block `nll` builds at once.
       dtype: matmul dtype; log-normalisers and outputs are float32.
     """
@@ -129,32 +134,41 @@ class AdaptiveIO(nn.Module):
     tie_tables: bool = True
     tie_projs: bool = True
     init_scheme: str = "xavier"
+    projections: bool = True
     max_chunk_logits: int = 1 << 26
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        if self.init_scheme not in ("xavier", "torch"):
-            raise ValueError(f"init_scheme={self.init_scheme!r}; known: 'xavier', 'torch'")
+        if self.init_scheme not in ("xavier", "torch", "normal"):
+            raise ValueError(f"init_scheme={self.init_scheme!r}; known: xavier, torch, normal")
         self.bounds = cluster_bounds(self.vocab_size, tuple(self.cutoffs))
         k = len(self.bounds) - 1  # clusters, head included
         self.widths = cluster_widths(self.d_embed or self.d_model, self.div_val, k)
         d, torch = self.d_model, self.init_scheme == "torch"
+        if not self.projections and set(self.widths) != {d}:
+            raise ValueError("projections=False needs every cluster d_model wide (div_val 1)")
         xavier_table = core.uniform(math.sqrt(3.0 / d))
+        if self.init_scheme == "normal":
+            xavier_table = nn.initializers.normal(0.02)  # every table and C
         tables, projs, out_tables, out_projs, biases = [], [], [], [], []
         for i in range(k):
             n, e = self.bounds[i + 1] - self.bounds[i], self.widths[i]
             linear = core.torch_linear_init(e)  # nn.Linear(e, ·) weights and biases
             proj_init = linear if torch else nn.initializers.xavier_uniform()
+            if self.init_scheme == "normal":
+                proj_init = nn.initializers.normal(0.02)
             table_init = nn.initializers.normal(1.0) if torch else xavier_table
             tables.append(self.param(f"table_{i}", table_init, (n, e)))
-            projs.append(self.param(f"proj_{i}", proj_init, (d, e)))
+            if self.projections:
+                projs.append(self.param(f"proj_{i}", proj_init, (d, e)))
             if not self.tie_tables:
                 init = linear if torch else xavier_table
                 out_tables.append(self.param(f"out_table_{i}", init, (n, e)))
-            if not self.tie_projs:
+            if not self.tie_projs and self.projections:
                 out_projs.append(self.param(f"out_proj_{i}", proj_init, (d, e)))
             bias_init = linear if torch else nn.initializers.zeros
             biases.append(self.param(f"out_bias_{i}", bias_init, (n,)))
+        projs = projs or [None] * k  # None: no projection
         self.tables, self.projs, self.biases = tables, projs, biases
         self.out_tables = out_tables or tables
         self.out_projs = out_projs or projs
@@ -174,9 +188,12 @@ class AdaptiveIO(nn.Module):
             lo, hi = self.bounds[i], self.bounds[i + 1]
             rows = jnp.take(table, jnp.clip(tokens - lo, 0, hi - lo - 1), axis=0)  # [b, t, e]
             rows = self.drop(rows, deterministic=not train).astype(self.dtype)
-            x = jnp.einsum(
-                "bte,de->btd", rows, proj.astype(self.dtype), preferred_element_type=jnp.float32
-            )
+            if proj is None:
+                x = rows.astype(jnp.float32)
+            else:
+                x = jnp.einsum(
+                    "bte,de->btd", rows, proj.astype(self.dtype), preferred_element_type=jnp.float32
+                )
             out = out + jnp.where(((tokens >= lo) & (tokens < hi))[..., None], x, 0.0)
         return out * math.sqrt(self.d_model) if self.scale_embed else out
 
@@ -185,7 +202,7 @@ class AdaptiveIO(nn.Module):
         h = h.astype(self.dtype)
         zs = []
         for proj in self.out_projs:
-            z = jnp.einsum("btd,de->bte", h, proj.astype(self.dtype))
+            z = h if proj is None else jnp.einsum("btd,de->bte", h, proj.astype(self.dtype))
             zs.append(self.drop(z, deterministic=not train))
         return zs
 

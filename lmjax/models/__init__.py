@@ -7,7 +7,7 @@ Every family subclasses `models.base.Family` (the interface the trainer and task
 import dataclasses
 
 from lmjax.errors import UserError
-from lmjax.models import adaptive_span, base, sha_rnn, sru, sru_pp, transformer_xl
+from lmjax.models import adaptive_span, base, fast_weights, sha_rnn, sru, sru_pp, transformer_xl
 
 MODELS = {
     "sha_rnn": (sha_rnn.ShaRNN, sha_rnn.ShaRNNConfig),
@@ -15,6 +15,7 @@ MODELS = {
     "sru": (sru.SRULM, sru.SRUConfig),
     "transformer_xl": (transformer_xl.TransformerXL, transformer_xl.TransformerXLConfig),
     "adaptive_span": (adaptive_span.AdaptiveSpan, adaptive_span.AdaptiveSpanConfig),
+    "fast_weights": (fast_weights.FastWeightsLM, fast_weights.FastWeightsConfig),
 }
 
 

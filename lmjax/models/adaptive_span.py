@@ -292,9 +292,10 @@ class AdaptiveSpan(base.Family):
         c = self.config
         return c.trim_lens or (0,) * c.num_layers
 
-    def post_update(self, params):
+    def post_update(self, params, rngs=None):
         """Trainer hook, inside the jitted step after each optimizer update: z <- clip(z, 0, 1)
         (the reference clamps `current_val` after every `optimizer.step()`)."""
+        del rngs
         clamp = lambda path, x: jnp.clip(x, 0.0, 1.0) if path[-1].key == "span_z" else x
         return jax.tree_util.tree_map_with_path(clamp, params)
 

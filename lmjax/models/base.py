@@ -13,8 +13,14 @@ are the behaviour of a family without that feature, so no caller ever asks `hasa
       logits, computed in one place (`losses.token_nll`); a family whose loss is cheaper than
       its logits (an adaptive softmax never builds [b, t, v]) overrides it.
   init_carry(batch_size)      the carry before any input: a typed NamedTuple, or None.
-  post_update(params)         params after every optimizer update, inside the jitted step
-                              (Adaptive-Span clamps its spans to [0, 1]); identity by default.
+  decode_carry(batch_size, total_len)
+                              the carry that starts decoding `total_len` tokens (prompt and
+                              continuation); init_carry by default. None makes generation
+                              rerun the whole window for every token (generate.py).
+  post_update(params, rngs)   params after every optimizer update, inside the jitted step;
+                              `rngs` are the RNG streams of the step's (last) forward pass.
+                              Adaptive-Span clamps its spans to [0, 1]; the Performer stores
+                              the random matrices its forward drew. Identity by default.
   adapt_to(params)            on the host, a model with static shapes that follow the current
                               parameters (Adaptive-Span's trimmed windows), or `self`. Called at
                               start-up and at log steps, never after every step: it reads
@@ -42,8 +48,16 @@ class Family(nn.Module):
         del batch_size
         return None
 
-    def post_update(self, params):
-        """Applied to the parameters after every optimizer update (inside the jitted step)."""
+    def decode_carry(self, batch_size, total_len):
+        """The carry that starts decoding `total_len` tokens; None: decode by rerunning the
+        window."""
+        del total_len
+        return self.init_carry(batch_size)
+
+    def post_update(self, params, rngs=None):
+        """Applied to the parameters after every optimizer update (inside the jitted step);
+        `rngs`: the streams of the step's last forward pass."""
+        del rngs
         return params
 
     def adapt_to(self, params):

@@ -72,7 +72,7 @@ def _ln_scale_init(key, shape, dtype=jnp.float32):
     return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
 
 
-def _layer_norm(name):
+def layer_norm(name):
     return nn.LayerNorm(_LN_EPS, dtype=jnp.float32, scale_init=_ln_scale_init, name=name)
 
 
@@ -131,10 +131,10 @@ class _RelPartialAttention(nn.Module):
         )
         out = dense(d, "o_net")(out.reshape(b, t, nh * hk))
         out = core.Dropout(self.dropout_rate)(out, deterministic=not train)
-        return _layer_norm("layer_norm")(h + out.astype(jnp.float32)), next_cache
+        return layer_norm("layer_norm")(h + out.astype(jnp.float32)), next_cache
 
 
-class _FeedForward(nn.Module):
+class FeedForward(nn.Module):
     """Post-LN ReLU FF: LN(h + Drop(W₂ Drop(ReLU(W₁h + b₁)) + b₂))."""
 
     d_ff: int
@@ -150,7 +150,7 @@ class _FeedForward(nn.Module):
                 drop(jax.nn.relu(z))
             )
         )
-        return _layer_norm("layer_norm")(h + z.astype(jnp.float32))
+        return layer_norm("layer_norm")(h + z.astype(jnp.float32))
 
 
 class _DecoderLayer(nn.Module):
@@ -173,7 +173,7 @@ class _DecoderLayer(nn.Module):
             name="attn",
         )
         h, kv = attn(h, memory, r, u, v_bias, mask, train=train)
-        return _FeedForward(c.d_ff, c.dropout_rate, dtype, name="ff")(h, train=train), kv
+        return FeedForward(c.d_ff, c.dropout_rate, dtype, name="ff")(h, train=train), kv
 
 
 class TransformerXL(base.Family):

@@ -21,6 +21,9 @@ logging; it names no field of any task. A Task owns the rest:
   evaluate(model, params, split, *, mesh, max_batches=-1, progress=False)
                               a dict of metrics over `split` (or its first max_batches batches);
                               it includes `loss` and `rank_by`; `progress` shows a bar.
+  eval_label(split), eval_note(metrics)
+                              the name an evaluation is logged under, and a note printed
+                              after its number (the LM task's protocol and what it scored).
   check_generate_options(model, **options), generate(model, params, **options)
                               decoding for --mode=generate (options checked before the
                               restore); prints and returns the text.
@@ -70,6 +73,15 @@ class Task:
 
     def evaluate(self, model, params, split, *, mesh, max_batches=-1, progress=False):
         raise NotImplementedError
+
+    def eval_label(self, split):
+        """The name `split`'s evaluation is logged under (e.g. with the protocol)."""
+        return split
+
+    def eval_note(self, metrics):
+        """Text printed after an evaluation's headline number (e.g. what was scored)."""
+        del metrics
+        return ""
 
     def check_generate_options(self, model, **options):
         """Raises a UserError for a bad generate option, before any checkpoint is read."""

@@ -31,6 +31,9 @@ from lmjax.errors import UserError
 from lmjax.tasks import base
 
 
+PROTOCOLS = ("carry", "segments", "sliding")
+
+
 class LMTask(base.Task):
     """Decoder-only language modelling over `config.data` with carried state."""
 
@@ -43,6 +46,12 @@ class LMTask(base.Task):
             section, name = field.split(".")
             if config[section][name] <= 0:
                 raise UserError(f"{field}={config[section][name]} must be positive")
+        protocol = config.eval.get("protocol", "carry")
+        if protocol not in PROTOCOLS:
+            raise UserError(f"eval.protocol={protocol!r} is unknown; known: {', '.join(PROTOCOLS)}")
+        stride = config.eval.get("sliding_stride", 1)
+        if not isinstance(stride, int) or stride < 1:
+            raise UserError(f"eval.sliding_stride={stride} must be an integer >= 1")
         self.word = corpora.level(config.data) == "word"
         self.metric = "ppl" if self.word else "bpc"
         self._splits = None
@@ -64,6 +73,8 @@ class LMTask(base.Task):
         for name in splits:
             b, t = self._shape(name)
             corpora.check_split(name, self._splits[name], batch_size=b, seq_len=t, vocab_size=vocab)
+            if name != "train" and self.protocol == "sliding":
+                self._sliding_starts(name)
 
     def _stream(self, split):
         b, t = self._shape(split)
@@ -126,21 +137,30 @@ class LMTask(base.Task):
         return self._eval_steps[key]
 
     def evaluate(self, model, params, split, *, mesh, max_batches=-1, progress=False):
-        """Runs `split` from its first window with a fresh carry. Returns {"loss", "bpc" or
-        "ppl", "targets"}."""
+        """Scores `split` by `eval.protocol`. Returns {"loss", "bpc" or "ppl", "targets"}
+        (sliding adds "sliding_stride" and "split_targets").
+
+          carry     the split in batch_size contiguous rows, windows of seq_len, the family's
+                    state carried from window to window (from a fresh state): the full context
+          segments  the same windows, each from a fresh state: what training reports when the
+                    family carries nothing across windows (mem_len 0)
+          sliding   windows of seq_len ending at every position of the split as one stream
+                    (lmtool-fwms `eval_sliding_window.py`): the first scores all its targets,
+                    every later one its last; fresh state each, batched over windows.
+                    `eval.sliding_stride` k scores every k-th position (1: the reference).
+        """
+        protocol = self.protocol
+        if protocol == "sliding":
+            return self._evaluate_sliding(model, params, split, mesh, max_batches, progress)
         stream = self._stream(split)
         step_fn = self._eval_step(model, mesh)
-        carry = state_lib.zero_carry(model, self.config.eval.batch_size, mesh)
+        fresh = lambda: state_lib.zero_carry(model, self.config.eval.batch_size, mesh)
+        carry = fresh()
         n = stream.num_windows if max_batches < 0 else min(max_batches, stream.num_windows)
         loss_sum, count = 0.0, 0.0
-        bar = tqdm.trange(
-            n,
-            desc=split,
-            leave=False,
-            mininterval=1.0,
-            disable=not progress or jax.process_index() != 0,
-        )
-        for i in bar:
+        for i in self._bar(n, split, progress):
+            if protocol == "segments" and i:
+                carry = fresh()
             batch = sharding.shard_host_batch(mesh, stream.window(i))
             carry, metrics = step_fn(params, carry, batch)
             metrics = sharding.to_host(metrics)
@@ -148,6 +168,73 @@ class LMTask(base.Task):
             count += float(metrics["count"])
         loss = loss_sum / count
         return {"loss": loss, **self.scores(loss), "targets": count}
+
+    @property
+    def protocol(self):
+        return self.config.eval.get("protocol", "carry")
+
+    def eval_label(self, split):
+        """The split's name in metrics.jsonl: `test`, or `test_sliding` for another protocol."""
+        return split if self.protocol == "carry" else f"{split}_{self.protocol}"
+
+    def eval_note(self, metrics):
+        if self.protocol != "sliding":
+            return f" ({self.protocol})" if self.protocol != "carry" else ""
+        k, n, total = metrics["sliding_stride"], metrics["targets"], metrics["split_targets"]
+        every = "every position" if k == 1 else f"every {k}th position"
+        return (
+            f" (sliding window {self.config.eval.seq_len}, {every}: {int(n):,} of "
+            f"{int(total):,} targets scored)"
+        )
+
+    def _bar(self, n, split, progress):
+        disable = not progress or jax.process_index() != 0
+        return tqdm.trange(n, desc=split, leave=False, mininterval=1.0, disable=disable)
+
+    def _sliding_starts(self, split):
+        data = self._splits[split]
+        t, k = self.config.eval.seq_len, self.config.eval.get("sliding_stride", 1)
+        if len(data) < t + 1:
+            raise UserError(
+                f"eval.seq_len={t}: the sliding window is longer than the {split} split "
+                f"({len(data)} tokens)"
+            )
+        return data, np.concatenate([[0], np.arange(k, len(data) - t, k)]).astype(np.int64)
+
+    def _evaluate_sliding(self, model, params, split, mesh, max_batches, progress):
+        data, starts = self._sliding_starts(split)
+        b, t = self.config.eval.batch_size, self.config.eval.seq_len
+        step_fn = self._eval_step(model, mesh)
+        num = -(-len(starts) // b)
+        num = num if max_batches < 0 else min(max_batches, num)
+        rows = b // jax.process_count()
+        lo = jax.process_index() * rows
+        offsets = np.arange(t + 1)
+        loss_sum, count = 0.0, 0.0
+        for j in self._bar(num, split, progress):
+            chosen = starts[j * b : (j + 1) * b]
+            idx = np.zeros((b,), np.int64)
+            idx[: len(chosen)] = chosen
+            windows = data[idx[:, None] + offsets[None, :]].astype(np.int32)  # [b, t + 1]
+            weights = np.zeros((b, t), np.float32)
+            weights[: len(chosen), -1] = 1.0  # a later window scores only its last target
+            if j == 0:
+                weights[0] = 1.0  # the first window scores all of its targets
+            batch = {"inputs": windows[:, :-1], "targets": windows[:, 1:], "weights": weights}
+            batch = jax.tree.map(lambda x: x[lo : lo + rows], batch)
+            carry = state_lib.zero_carry(model, b, mesh)
+            _, metrics = step_fn(params, carry, sharding.shard_host_batch(mesh, batch))
+            metrics = sharding.to_host(metrics)
+            loss_sum += float(metrics["loss_sum"])
+            count += float(metrics["count"])
+        loss = loss_sum / count
+        return {
+            "loss": loss,
+            **self.scores(loss),
+            "targets": count,
+            "split_targets": len(data) - 1,
+            "sliding_stride": self.config.eval.get("sliding_stride", 1),
+        }
 
     # -- generation ----------------------------------------------------------------------------
 

@@ -1,0 +1,339 @@
+"""Linear attention as fast weight programming: feature maps and the sum and delta rules.
+
+Papers: Katharopoulos et al. 2020, "Transformers are RNNs" (arXiv 2006.16236: φ = elu + 1);
+Choromanski et al. 2021, "Rethinking Attention with Performers" (arXiv 2009.14794: FAVOR+);
+Schlag, Irie & Schmidhuber 2021, "Linear Transformers Are Secretly Fast Weight Programmers"
+(arXiv 2102.11174: DPFP, the delta rule); Yang et al. 2024, "Parallelizing Linear Transformers
+with the Delta Rule over Sequence Length" (arXiv 2406.06484: the chunkwise WY/UT form). The
+definitions follow the reference code as specs/attention.md B.4-B.5 describe it.
+
+Shape legend: b batch, h heads, t time, k feature (key) width d_k, v value width d_v,
+n chunks, c / s positions within a chunk, m Performer features, d head width.
+
+A fast weight W [b, h, k, v] is written by keys and values and read by queries:
+
+  sum rule    W_t = W_{t-1} + k_t v_tᵀ                                    o_t = W_tᵀ q_t
+  delta rule  u_t = β_t (v_t - W_{t-1}ᵀ k_t),  W_t = W_{t-1} + k_t u_tᵀ     o_t = W_tᵀ q_t
+
+(read after write, as the reference's kernels do). Each rule has two computations with equal
+numbers (tests/layers/linear_attention_test.py checks both against a float64 loop):
+
+  recurrent   `lax.scan` over t on the [b, h, k, v] state. The custom VJPs walk time backwards
+              and rebuild W_{t-1} from W_t by undoing the write (the reference's CUDA backward
+              does the same), so the backward keeps O(1) matrices instead of one per step
+              (the paper's appendix F). The delta rule saves the retrieved v̄_t = W_{t-1}ᵀ k_t
+              (one [v] vector per step) to undo its write exactly.
+  chunkwise   chunks of c positions: inside a chunk masked [c, c] matmuls, across chunks the
+              state. The sum rule's chunk states are one cumulative sum (no loop at all); the
+              delta rule's pseudo-values come from the UT transform
+              T = (I + tril(diag(β) K Kᵀ, -1))⁻¹ diag(β) (one triangular solve per chunk, all
+              chunks at once), then a `lax.scan` over chunks carries W with three matmuls each.
+              Gradients by autodiff (one state per chunk is saved).
+
+`impl="auto"` resolves per backend and rule from `AUTO_IMPL` (measured; see there).
+"""
+
+import jax
+import jax.numpy as jnp
+
+FEATURE_MAPS = ("softmax", "linear", "performer", "dpfp")
+UPDATE_RULES = ("sum", "delta")
+IMPLS = ("recurrent", "chunkwise")
+# Measured on this project's 2-core CPU (forward + backward of one [8, 8, 256, 32] layer, jitted,
+# the `cpu` shape; 2026-12-02): sum rule recurrent 17.4 ms, chunkwise 13.9 / 9.2 / 7.5 / 15.3 ms
+# at chunk 16 / 32 / 64 / 128; delta rule recurrent 19.4 ms, chunkwise 41 / 58 / 120 ms at
+# chunk 16 / 32 / 64 (the [c, c] UT products cost more than the scan saves on two cores). No
+# GPU/TPU measurement yet: there the chunkwise form (matmuls, t/c sequential steps) is the
+# known winner (Yang et al. 2024, Table 4), and it stays the choice until a benchmark says
+# otherwise.
+AUTO_IMPL = {
+    "cpu": {"sum": "chunkwise", "delta": "recurrent"},
+    "gpu": {"sum": "chunkwise", "delta": "chunkwise"},
+    "tpu": {"sum": "chunkwise", "delta": "chunkwise"},
+}
+
+
+def resolve_impl(impl, rule):
+    """'auto' -> the measured default of `rule` on the current backend; else checks the name."""
+    if impl == "auto":
+        return AUTO_IMPL.get(jax.default_backend(), AUTO_IMPL["gpu"])[rule]
+    if impl not in IMPLS:
+        raise ValueError(f"unknown fast-weight impl {impl!r}; allowed: auto, {', '.join(IMPLS)}")
+    return impl
+
+
+# -- feature maps (B.4) ------------------------------------------------------------------------
+
+
+def feature_dim(feature_map, head_dim, proj_dim=16, n_roll=2):
+    """dim φ: d (linear), 2m (performer), 2dν (dpfp)."""
+    if feature_map == "linear":
+        return head_dim
+    if feature_map == "performer":
+        return 2 * proj_dim
+    if feature_map == "dpfp":
+        return 2 * head_dim * n_roll
+    raise ValueError(f"feature map {feature_map!r} has no feature dimension")
+
+
+def elu_p1(x):
+    """φ(x) = elu(x) + 1 (Katharopoulos et al.)."""
+    return jax.nn.elu(x) + 1.0
+
+
+def dpfp(x, n_roll):
+    """Deterministic parameter-free projection: u = [relu(x); relu(-x)] ∈ ℝ^{2d},
+    φ = concat_{i=1..ν} u ⊙ roll(u, i) ∈ ℝ^{2dν} (roll with wrap-around, torch.roll's sense:
+    roll(u, i)_j = u_{(j - i) mod 2d})."""
+    u = jnp.concatenate([jax.nn.relu(x), jax.nn.relu(-x)], axis=-1)
+    return jnp.concatenate([u * jnp.roll(u, i, axis=-1) for i in range(1, n_roll + 1)], axis=-1)
+
+
+def favor_plus(x, proj):
+    """FAVOR+ positive random features as the reference's `prime` computes them.
+
+    φ(x) = (2m)^{-1/2} ([exp(xP - ‖x‖²/2); exp(-xP - ‖x‖²/2)] + 1e-4): no d^{-1/4} prescale
+    of x, so φ(q)·φ(k) approximates exp(q·k), not exp(q·k/√d).
+
+    Args:
+      x: [..., d]; proj: P [d, m].
+    Returns:
+      [..., 2m] float32.
+    """
+    m = proj.shape[-1]
+    offset = -0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
+    u = jnp.einsum("...d,dm->...m", x, proj)
+    out = jnp.concatenate([jnp.exp(offset + u), jnp.exp(offset - u)], axis=-1) + 1e-4
+    return out * (2 * m) ** -0.5
+
+
+def orthogonal_random_matrix(key, d, m):
+    """P [d, m] as the reference's `draw_orthogonal_random_matrix(d, m)` builds it.
+
+    ⌊d/m⌋ blocks Qᵀ (Q the QR factor of an m x m Gaussian), then the first d mod m rows of one
+    more, stacked to d rows; row i is then scaled by ‖g_i‖, g_i ~ N(0, I_m) (the χ_m norms scale
+    the input dimensions, not the features). The draws differ from torch's for the same seed.
+    """
+    full, rest = divmod(d, m)
+    keys = jax.random.split(key, full + 2)
+    blocks = []
+    for i in range(full + (rest > 0)):
+        q, _ = jnp.linalg.qr(jax.random.normal(keys[i], (m, m), jnp.float32))
+        blocks.append(q.T)
+    mat = jnp.concatenate(blocks, axis=0)[:d]
+    scale = jnp.linalg.norm(jax.random.normal(keys[-1], (d, m), jnp.float32), axis=1)
+    return scale[:, None] * mat
+
+
+def sum_norm(x):
+    """x / Σx over the feature axis (no eps, as the reference's delta layers)."""
+    return x / jnp.sum(x, axis=-1, keepdims=True)
+
+
+# -- the sum rule ------------------------------------------------------------------------------
+
+
+def _tmajor(*xs):
+    return tuple(jnp.moveaxis(x, 2, 0) for x in xs)  # [b, h, t, ...] -> [t, b, h, ...]
+
+
+def _bmajor(x):
+    return jnp.moveaxis(x, 0, 2)
+
+
+def _sum_forward(q, k, v, w0):
+    def step(w, x):
+        q_t, k_t, v_t = x
+        w = w + jnp.einsum("bhk,bhv->bhkv", k_t, v_t)
+        return w, jnp.einsum("bhk,bhkv->bhv", q_t, w)
+
+    w, o = jax.lax.scan(step, w0, _tmajor(q, k, v))
+    return _bmajor(o), w
+
+
+@jax.custom_vjp
+def _sum_recurrent(q, k, v, w0):
+    return _sum_forward(q, k, v, w0)
+
+
+def _sum_fwd(q, k, v, w0):
+    o, w = _sum_forward(q, k, v, w0)
+    return (o, w), (q, k, v, w)  # the final state only: the backward rebuilds the others
+
+
+def _sum_bwd(res, cot):
+    q, k, v, w_last = res
+    do, dw_last = cot
+
+    def step(state, x):
+        w, dw = state  # W_t and ∂L/∂W_t from the steps after t
+        q_t, k_t, v_t, do_t = x
+        dq = jnp.einsum("bhkv,bhv->bhk", w, do_t)
+        dw = dw + jnp.einsum("bhk,bhv->bhkv", q_t, do_t)
+        dk = jnp.einsum("bhkv,bhv->bhk", dw, v_t)
+        dv = jnp.einsum("bhkv,bhk->bhv", dw, k_t)
+        w = w - jnp.einsum("bhk,bhv->bhkv", k_t, v_t)  # undo the write: W_{t-1}
+        return (w, dw), (dq, dk, dv)
+
+    (_, dw0), (dq, dk, dv) = jax.lax.scan(
+        step, (w_last, dw_last), _tmajor(q, k, v, do), reverse=True
+    )
+    return _bmajor(dq), _bmajor(dk), _bmajor(dv), dw0
+
+
+_sum_recurrent.defvjp(_sum_fwd, _sum_bwd)
+
+
+def _pad_time(chunk, *xs):
+    t = xs[0].shape[2]
+    pad = -t % chunk
+    if not pad:
+        return xs
+    return tuple(jnp.pad(x, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 3)) for x in xs)
+
+
+def _chunks(chunk, *xs):
+    """[b, h, t, ...] -> [b, h, n, c, ...] (t already a multiple of c)."""
+    return tuple(x.reshape(x.shape[0], x.shape[1], -1, chunk, *x.shape[3:]) for x in xs)
+
+
+def _sum_chunkwise(q, k, v, w0, chunk):
+    t = q.shape[2]
+    q, k, v = _chunks(chunk, *_pad_time(chunk, q, k, v))  # zero keys/values write nothing
+    kv = jnp.einsum("bhnck,bhncv->bhnkv", k, v)
+    total = jnp.cumsum(kv, axis=2)
+    states = w0[:, :, None] + total - kv  # the state each chunk starts from
+    causal = jnp.tril(jnp.ones((chunk, chunk), bool))  # read after write: s <= c
+    scores = jnp.where(causal, jnp.einsum("bhnck,bhnsk->bhncs", q, k), 0.0)
+    o = jnp.einsum("bhnck,bhnkv->bhncv", q, states) + jnp.einsum("bhncs,bhnsv->bhncv", scores, v)
+    o = o.reshape(o.shape[0], o.shape[1], -1, o.shape[-1])[:, :, :t]
+    return o, w0 + total[:, :, -1]
+
+
+def sum_rule(q, k, v, w0=None, *, impl="auto", chunk=64):
+    """The sum rule: o_t = W_tᵀ q_t, W_t = W_{t-1} + k_t v_tᵀ.
+
+    Args:
+      q, k: [b, h, t, k] features; v: [b, h, t, v]; w0: [b, h, k, v] initial state (None: 0).
+      impl: 'recurrent', 'chunkwise' or 'auto'; chunk: positions per chunk (chunkwise).
+    Returns:
+      (o [b, h, t, v], W_t [b, h, k, v]), float32.
+    """
+    q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
+    if w0 is None:
+        w0 = jnp.zeros((*q.shape[:2], q.shape[-1], v.shape[-1]), jnp.float32)
+    if resolve_impl(impl, "sum") == "recurrent":
+        return _sum_recurrent(q, k, v, w0)
+    return _sum_chunkwise(q, k, v, w0, chunk)
+
+
+# -- the delta rule ----------------------------------------------------------------------------
+
+
+def _delta_forward(q, k, v, beta, w0):
+    def step(w, x):
+        q_t, k_t, v_t, b_t = x
+        v_old = jnp.einsum("bhk,bhkv->bhv", k_t, w)  # retrieve, then replace by β
+        w = w + jnp.einsum("bhk,bhv->bhkv", k_t, b_t[..., None] * (v_t - v_old))
+        return w, (jnp.einsum("bhk,bhkv->bhv", q_t, w), v_old)
+
+    w, (o, v_old) = jax.lax.scan(step, w0, _tmajor(q, k, v, beta))
+    return _bmajor(o), w, _bmajor(v_old)
+
+
+@jax.custom_vjp
+def _delta_recurrent(q, k, v, beta, w0):
+    o, w, _ = _delta_forward(q, k, v, beta, w0)
+    return o, w
+
+
+def _delta_fwd(q, k, v, beta, w0):
+    o, w, v_old = _delta_forward(q, k, v, beta, w0)
+    return (o, w), (q, k, v, beta, v_old, w)
+
+
+def _delta_bwd(res, cot):
+    q, k, v, beta, v_old, w_last = res
+    do, dw_last = cot
+
+    def step(state, x):
+        w, dw = state  # W_t and ∂L/∂W_t from the steps after t
+        q_t, k_t, v_t, b_t, vo_t, do_t = x
+        diff = v_t - vo_t
+        u = b_t[..., None] * diff
+        dq = jnp.einsum("bhkv,bhv->bhk", w, do_t)
+        dw = dw + jnp.einsum("bhk,bhv->bhkv", q_t, do_t)  # ∂L/∂W_t, all of it
+        du = jnp.einsum("bhkv,bhk->bhv", dw, k_t)
+        w_prev = w - jnp.einsum("bhk,bhv->bhkv", k_t, u)  # undo the write: W_{t-1}
+        dv_old = -b_t[..., None] * du
+        dk = jnp.einsum("bhkv,bhv->bhk", dw, u) + jnp.einsum("bhkv,bhv->bhk", w_prev, dv_old)
+        dw = dw + jnp.einsum("bhk,bhv->bhkv", k_t, dv_old)
+        return (w_prev, dw), (dq, dk, b_t[..., None] * du, jnp.sum(du * diff, axis=-1))
+
+    xs = _tmajor(q, k, v, beta, v_old, do)
+    (_, dw0), (dq, dk, dv, dbeta) = jax.lax.scan(step, (w_last, dw_last), xs, reverse=True)
+    return _bmajor(dq), _bmajor(dk), _bmajor(dv), _bmajor(dbeta), dw0
+
+
+_delta_recurrent.defvjp(_delta_fwd, _delta_bwd)
+
+
+def _unit_lower_inverse(n):
+    """(I + N)⁻¹ for strictly lower-triangular N [..., c, c], by matmuls only.
+
+    N is nilpotent (N^c = 0), so (I + N)⁻¹ = Σ_i (-N)^i = Π_j (I + (-N)^(2^j)), j < ⌈log₂ c⌉:
+    2⌈log₂ c⌉ batched [c, c] matmuls, which every backend runs well. (XLA:CPU's batched
+    triangular solve is a loop over tiny matrices: 3-4x slower for the whole delta-rule
+    step at the `cpu` shape.)"""
+    c = n.shape[-1]
+    eye = jnp.broadcast_to(jnp.eye(c, dtype=n.dtype), n.shape)
+    power = -n
+    out = eye + power
+    for _ in range(max(0, (c - 1).bit_length() - 1)):
+        power = jnp.einsum("...ij,...jk->...ik", power, power)
+        out = jnp.einsum("...ij,...jk->...ik", out, eye + power)
+    return out
+
+
+def _delta_chunkwise(q, k, v, beta, w0, chunk):
+    t = q.shape[2]
+    q, k, v, beta = _chunks(chunk, *_pad_time(chunk, q, k, v, beta))  # β = 0 writes nothing
+    # Inside a chunk from state S: u = T (V - K S) with T = (I + tril(diag(β) K Kᵀ, -1))⁻¹ diag(β),
+    # so T V and T K are the same for every S and are computed for all chunks at once.
+    strict = jnp.tril(jnp.ones((chunk, chunk), bool), -1)
+    kk = jnp.einsum("bhnck,bhnsk->bhncs", k, k)
+    inv = _unit_lower_inverse(jnp.where(strict, beta[..., None] * kk, 0.0))
+    rhs = beta[..., None] * jnp.concatenate([v, k], axis=-1)  # diag(β) [V | K]
+    solved = jnp.einsum("bhncs,bhnsx->bhncx", inv, rhs)
+    tv, tk = solved[..., : v.shape[-1]], solved[..., v.shape[-1] :]
+    causal = jnp.tril(jnp.ones((chunk, chunk), bool))
+    scores = jnp.where(causal, jnp.einsum("bhnck,bhnsk->bhncs", q, k), 0.0)
+
+    def step(w, x):
+        q_n, k_n, tv_n, tk_n, s_n = x  # one chunk: [b, h, c, ...]
+        u = tv_n - jnp.einsum("bhck,bhkv->bhcv", tk_n, w)
+        o = jnp.einsum("bhck,bhkv->bhcv", q_n, w) + jnp.einsum("bhcs,bhsv->bhcv", s_n, u)
+        return w + jnp.einsum("bhck,bhcv->bhkv", k_n, u), o
+
+    xs = tuple(jnp.moveaxis(x, 2, 0) for x in (q, k, tv, tk, scores))
+    w, o = jax.lax.scan(step, w0, xs)
+    o = jnp.moveaxis(o, 0, 2)
+    return o.reshape(o.shape[0], o.shape[1], -1, o.shape[-1])[:, :, :t], w
+
+
+def delta_rule(q, k, v, beta, w0=None, *, impl="auto", chunk=64):
+    """The delta rule: u_t = β_t (v_t - W_{t-1}ᵀ k_t), W_t = W_{t-1} + k_t u_tᵀ, o_t = W_tᵀ q_t.
+
+    Args:
+      q, k: [b, h, t, k] features; v: [b, h, t, v]; beta: [b, h, t] write strengths;
+      w0: [b, h, k, v] initial state (None: 0).
+      impl: 'recurrent', 'chunkwise' or 'auto'; chunk: positions per chunk (chunkwise).
+    Returns:
+      (o [b, h, t, v], W_t [b, h, k, v]), float32.
+    """
+    q, k, v, beta = (x.astype(jnp.float32) for x in (q, k, v, beta))
+    if w0 is None:
+        w0 = jnp.zeros((*q.shape[:2], q.shape[-1], v.shape[-1]), jnp.float32)
+    if resolve_impl(impl, "delta") == "recurrent":
+        return _delta_recurrent(q, k, v, beta, w0)
+    return _delta_chunkwise(q, k, v, beta, w0, chunk)

@@ -1,0 +1,166 @@
+"""Fast-weight rules: recurrent = chunkwise = a float64 loop of the B.5 equations (values and
+gradients, with and without an initial state); the custom VJPs = autodiff through the plain
+scan; the feature maps as the reference defines them."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmjax.layers import linear_attention as la
+
+
+def _loop64(q, k, v, beta, w0, rule):
+    """specs/attention.md B.5 one step at a time in float64 numpy: (o, W_t)."""
+    q, k, v, w = (np.asarray(x, np.float64) for x in (q, k, v, w0))
+    beta = np.asarray(beta, np.float64)
+    b, h, t, _ = q.shape
+    o = np.zeros((b, h, t, v.shape[-1]))
+    w = w.copy()
+    for i in range(t):
+        if rule == "sum":
+            w = w + np.einsum("bhk,bhv->bhkv", k[:, :, i], v[:, :, i])
+        else:
+            v_old = np.einsum("bhk,bhkv->bhv", k[:, :, i], w)
+            u = beta[:, :, i, None] * (v[:, :, i] - v_old)
+            w = w + np.einsum("bhk,bhv->bhkv", k[:, :, i], u)
+        o[:, :, i] = np.einsum("bhk,bhkv->bhv", q[:, :, i], w)
+    return o, w
+
+
+def _inputs(seed, b=2, h=2, t=13, dk=6, dv=5, with_state=True):
+    keys = jax.random.split(jax.random.PRNGKey(seed), 5)
+    q = la.sum_norm(la.elu_p1(jax.random.normal(keys[0], (b, h, t, dk))))
+    k = la.sum_norm(la.elu_p1(jax.random.normal(keys[1], (b, h, t, dk))))
+    v = jax.random.normal(keys[2], (b, h, t, dv))
+    beta = jax.nn.sigmoid(jax.random.normal(keys[3], (b, h, t)))
+    w0 = 0.5 * jax.random.normal(keys[4], (b, h, dk, dv)) if with_state else jnp.zeros((b, h, dk, dv))
+    return q, k, v, beta, w0
+
+
+def _rule(rule, impl, chunk=4):
+    if rule == "sum":
+        return lambda q, k, v, beta, w0: la.sum_rule(q, k, v, w0, impl=impl, chunk=chunk)
+    return lambda q, k, v, beta, w0: la.delta_rule(q, k, v, beta, w0, impl=impl, chunk=chunk)
+
+
+def _loss(fn, cot_o, cot_w):
+    def loss(*args):
+        o, w = fn(*args)
+        return jnp.sum(o * cot_o) + jnp.sum(w * cot_w)
+
+    return loss
+
+
+@pytest.mark.parametrize("rule", la.UPDATE_RULES)
+@pytest.mark.parametrize("impl", la.IMPLS)
+@pytest.mark.parametrize("with_state", [False, True])
+def test_rule_equals_float64_loop(rule, impl, with_state):
+    args = _inputs(0, with_state=with_state)
+    o, w = jax.jit(_rule(rule, impl))(*args)
+    o64, w64 = _loop64(*args, rule)
+    np.testing.assert_allclose(o, o64, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(w, w64, rtol=1e-5, atol=1e-5)
+
+
+def _grads64(rule, args, cot_o, cot_w):
+    """Gradients of Σ o·cot_o + Σ W·cot_w by float64 autodiff through the plain scan."""
+    with jax.enable_x64():
+        args64 = tuple(jnp.asarray(np.asarray(a), jnp.float64) for a in args)
+
+        def fn(q, k, v, beta, w0):
+            if rule == "sum":
+                o, w = la._sum_forward(q, k, v, w0)
+            else:
+                o, w, _ = la._delta_forward(q, k, v, beta, w0)
+            return jnp.sum(o * cot_o) + jnp.sum(w * cot_w)
+
+        grads = jax.grad(fn, argnums=(0, 1, 2, 3, 4))(*args64)
+        return [np.asarray(g) for g in grads]
+
+
+@pytest.mark.parametrize("rule", la.UPDATE_RULES)
+@pytest.mark.parametrize("impl", la.IMPLS)
+def test_gradients_equal_float64_autodiff(rule, impl):
+    """The custom VJP (recurrent) and autodiff of the chunkwise form, against float64 autodiff
+    of the step-by-step scan, for every input including the initial state."""
+    args = _inputs(1)
+    keys = jax.random.split(jax.random.PRNGKey(7), 2)
+    cot_o = jax.random.normal(keys[0], args[0].shape[:3] + (args[2].shape[-1],))
+    cot_w = jax.random.normal(keys[1], args[4].shape)
+    grads = jax.jit(jax.grad(_loss(_rule(rule, impl), cot_o, cot_w), argnums=(0, 1, 2, 3, 4)))(
+        *args
+    )
+    expected = _grads64(rule, args, np.asarray(cot_o), np.asarray(cot_w))
+    for name, g, e in zip("q k v beta w0".split(), grads, expected, strict=True):
+        if rule == "sum" and name == "beta":
+            continue
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=2e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("rule", la.UPDATE_RULES)
+def test_custom_vjp_equals_autodiff_of_scan(rule):
+    """float32: the rebuilt-state backward pass against autodiff through the same scan."""
+    args = _inputs(2, t=40)
+    cot_o = jax.random.normal(jax.random.PRNGKey(3), args[0].shape[:3] + (args[2].shape[-1],))
+    cot_w = jnp.ones_like(args[4])
+
+    def plain(q, k, v, beta, w0):
+        if rule == "sum":
+            return la._sum_forward(q, k, v, w0)
+        return la._delta_forward(q, k, v, beta, w0)[:2]
+
+    fast = jax.grad(_loss(_rule(rule, "recurrent"), cot_o, cot_w), argnums=(0, 1, 2, 3, 4))
+    slow = jax.grad(_loss(plain, cot_o, cot_w), argnums=(0, 1, 2, 3, 4))
+    for g, e in zip(jax.jit(fast)(*args), jax.jit(slow)(*args), strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 13, 16])
+def test_chunk_size_does_not_change_numbers(chunk):
+    """Chunks that do and do not divide t (padding), one chunk, and chunk 1."""
+    args = _inputs(4)
+    for rule in la.UPDATE_RULES:
+        o, w = _rule(rule, "chunkwise", chunk)(*args)
+        o_r, w_r = _rule(rule, "recurrent")(*args)
+        np.testing.assert_allclose(o, o_r, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(w, w_r, rtol=1e-5, atol=1e-5)
+
+
+def test_split_through_state_equals_whole():
+    args = _inputs(5, t=12)
+    for rule in la.UPDATE_RULES:
+        for impl in la.IMPLS:
+            fn = _rule(rule, impl)
+            q, k, v, beta, w0 = args
+            o, w = fn(*args)
+            o1, w1 = fn(q[:, :, :5], k[:, :, :5], v[:, :, :5], beta[:, :, :5], w0)
+            o2, w2 = fn(q[:, :, 5:], k[:, :, 5:], v[:, :, 5:], beta[:, :, 5:], w1)
+            np.testing.assert_allclose(jnp.concatenate([o1, o2], 2), o, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(w2, w, rtol=1e-5, atol=1e-5)
+
+
+def test_feature_maps():
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
+    np.testing.assert_allclose(la.elu_p1(x), np.where(x > 0, x + 1, np.exp(x)), rtol=1e-6)
+    # DPFP ν = 2 by the definition, with torch.roll's direction.
+    u = np.concatenate([np.maximum(x, 0), np.maximum(-x, 0)], -1)
+    want = np.concatenate([u * np.roll(u, 1, -1), u * np.roll(u, 2, -1)], -1)
+    np.testing.assert_allclose(la.dpfp(x, 2), want, rtol=1e-6)
+    assert la.feature_dim("dpfp", 4, n_roll=2) == 16 and la.feature_dim("performer", 4, 3) == 6
+    proj = la.orthogonal_random_matrix(jax.random.PRNGKey(1), 4, 3)
+    assert proj.shape == (4, 3)
+    # Rows 0..2 come from one orthogonal block: after removing the row scales they are
+    # orthonormal.
+    rows = proj[:3] / jnp.linalg.norm(proj[:3], axis=1, keepdims=True)
+    np.testing.assert_allclose(rows @ rows.T, np.eye(3), atol=1e-5)
+    phi = la.favor_plus(x, proj)
+    xp = np.asarray(x) @ np.asarray(proj)
+    off = -0.5 * np.sum(np.asarray(x) ** 2, -1, keepdims=True)
+    want = (np.concatenate([np.exp(off + xp), np.exp(off - xp)], -1) + 1e-4) / np.sqrt(6)
+    np.testing.assert_allclose(phi, want, rtol=1e-5)
+    # FAVOR+ approximates exp(q·k) (no d^-1/4 prescale) for many features.
+    big = la.orthogonal_random_matrix(jax.random.PRNGKey(2), 4, 4096)
+    q, k = 0.3 * x[0], 0.3 * x[1]
+    est = la.favor_plus(q, big) @ la.favor_plus(k, big)
+    np.testing.assert_allclose(est, np.exp(np.dot(q, k)), rtol=0.05)
