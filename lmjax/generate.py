@@ -2,8 +2,9 @@
 
 `sample` runs a prompt through the model in one call, then a `lax.scan` of `length` steps
 feeds each sampled token back as a [1, 1] input with the carried state, so generation costs one
-compiled program regardless of length (a family without a decoding state reruns its window). What a prompt and a token are (bytes, words) is the
-task's (tasks/lm.py `LMTask.generate`); `run_generate` restores the parameters and hands over.
+compiled program regardless of length (a family without a decoding state reruns its window).
+What a prompt and a token are (bytes, words) is the task's (tasks/lm.py `LMTask.generate`);
+`run_generate` restores the parameters and hands over.
 """
 
 import functools

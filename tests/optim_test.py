@@ -154,6 +154,17 @@ def test_warmup_cosine():
         optim.make_schedule(_cfg(schedule="cosine"))
 
 
+def test_cosine_txl_writes_the_lr_after_each_update():
+    """Transformer-XL / lmtool-fwms train.py (B.8): update 0 at the full lr, then lr c / W while
+    c < W, then lr (1 + cos(pi c / T)) / 2 with T counted from update 0."""
+    cfg = _cfg(learning_rate=0.5, warmup_steps=4, schedule="cosine_txl")
+    cfg.decay_steps = 12
+    counts = [0, 1, 3, 4, 6, 12, 20]
+    cos = lambda c: 0.25 * (1 + np.cos(np.pi * c / 12))
+    want = [0.5, 0.125, 0.375, cos(4), cos(6), 0.0, 0.0]
+    np.testing.assert_allclose(_lrs(cfg, counts), want, rtol=1e-6, atol=1e-7)
+
+
 def test_warmup_rsqrt():
     cfg = _cfg(learning_rate=0.5, warmup_steps=4, schedule="rsqrt")
     np.testing.assert_allclose(_lrs(cfg, [0, 3, 15, 63]), [0.125, 0.5, 0.25, 0.125], rtol=1e-6)

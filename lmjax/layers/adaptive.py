@@ -114,7 +114,8 @@ class AdaptiveIO(nn.Module):
       scale_embed: multiply the input embedding by √d (Adaptive-Span).
       tie_tables: the softmax uses the input tables E_i.
       tie_projs: the softmax uses the input projections P_i.
-      init_scheme: "xavier" (SRU++: tables and C ~ U(±√(3/d)), projections xavier-uniform, biases 0),
+      init_scheme: "xavier" (SRU++: tables and C ~ U(±√(3/d)), projections xavier-uniform,
+        biases 0),
         "torch" (Adaptive-Span, PyTorch defaults: tables N(0, 1) as nn.Embedding,
         projections, untied output tables and biases U(±1/√e_i) as nn.Linear(e_i, ·), C and
         its bias U(±1/√e_0)) or "normal" (lmtool-fwms `weights_init`: tables, projections and C

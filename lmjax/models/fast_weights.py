@@ -17,7 +17,8 @@ Map from the reference to this file:
   type 2 `MultiHeadAttn`              feature_map='softmax': causal softmax, dropatt on probs
   types 4/5/6 (sum rule, L x L)       feature_map='linear'|'performer'|'dpfp', update_rule='sum':
                                       y_t = s (W_tᵀ φ(q_t)) / (s φ(q_t)·z_t + 1e-5), s = 1/√e,
-                                      z_t = Σ_{τ≤t} φ(k_τ); `skip_attn_normalization`: y = s W_tᵀ φ(q)
+                                      z_t = Σ_{τ≤t} φ(k_τ); with `skip_attn_normalization`
+                                      y = s W_tᵀ φ(q)
   types 24/25/26 (delta rule)         update_rule='delta': φ(q), φ(k) sum-normalised, β = σ(w_β x),
                                       W_t = W_{t-1} + k̄_t (β_t (v_t - W_{t-1}ᵀ k̄_t))ᵀ, o = W_tᵀ q̄_t,
                                       y = s o / (q̄_t·z_t + 1e-5) (z not β-weighted), or s o
@@ -120,9 +121,13 @@ class FastWeightsConfig:
 def _check_config(c):
     """A one-line message for the first bad field, or ''."""
     if c.feature_map not in la.FEATURE_MAPS:
-        return f"model.feature_map={c.feature_map!r} is unknown; known: {', '.join(la.FEATURE_MAPS)}"
+        return (
+            f"model.feature_map={c.feature_map!r} is unknown; known: {', '.join(la.FEATURE_MAPS)}"
+        )
     if c.update_rule not in la.UPDATE_RULES:
-        return f"model.update_rule={c.update_rule!r} is unknown; known: {', '.join(la.UPDATE_RULES)}"
+        return (
+            f"model.update_rule={c.update_rule!r} is unknown; known: {', '.join(la.UPDATE_RULES)}"
+        )
     if c.fast_weight_impl not in ("auto", *la.IMPLS):
         return f"model.fast_weight_impl={c.fast_weight_impl!r}; known: auto, {', '.join(la.IMPLS)}"
     if c.mem_len != 0:
@@ -138,7 +143,9 @@ def _check_config(c):
         if c.carry_over_fast_weight:
             return "model.carry_over_fast_weight needs a feature map: softmax has no fast weights"
     elif c.dropout_attn:
-        return f"model.dropout_attn={c.dropout_attn}: only feature_map='softmax' has attention weights"
+        return (
+            f"model.dropout_attn={c.dropout_attn}: only feature_map='softmax' has attention weights"
+        )
     if c.attn_norm and c.update_rule != "delta":
         return "model.attn_norm is the delta rule's key normalisation (types 44-46)"
     for name in ("d_model", "num_heads", "head_dim", "d_ff", "num_layers", "chunk_size",
@@ -150,7 +157,7 @@ def _check_config(c):
     return ""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _warn_once(message):
     logging.warning(message)
 
@@ -170,7 +177,9 @@ def _ln_scale_init(key, shape, dtype=jnp.float32):
 
 
 def _proj_init(head_dim, proj_dim):
-    return lambda key, shape, dtype=jnp.float32: la.orthogonal_random_matrix(key, head_dim, proj_dim)
+    return lambda key, shape, dtype=jnp.float32: la.orthogonal_random_matrix(
+        key, head_dim, proj_dim
+    )
 
 
 class _Attention(nn.Module):
@@ -203,7 +212,9 @@ class _Attention(nn.Module):
             q = dense(nh * e, "q_net")(h).reshape(b, t, nh, e)
             kv = dense(2 * nh * e, "kv_net")(h).reshape(b, t, 2, nh, e)
             k, v = kv[:, :, 0], kv[:, :, 1]
-        to_bhtx = lambda x: jnp.swapaxes(x.astype(jnp.float32), 1, 2)  # [b, t, h, x] -> [b, h, t, x]
+        to_bhtx = lambda x: jnp.swapaxes(
+            x.astype(jnp.float32), 1, 2
+        )  # [b, t, h, x] -> [b, h, t, x]
         q, k, v = to_bhtx(q), to_bhtx(k), to_bhtx(v)
         if c.feature_map == "softmax":
             scores = jnp.einsum("bhtx,bhsx->bhts", q, k) * scale

@@ -30,7 +30,6 @@ from lmjax.data import corpora, lm, words
 from lmjax.errors import UserError
 from lmjax.tasks import base
 
-
 PROTOCOLS = ("carry", "segments", "sliding")
 
 

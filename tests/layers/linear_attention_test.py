@@ -34,7 +34,11 @@ def _inputs(seed, b=2, h=2, t=13, dk=6, dv=5, with_state=True):
     k = la.sum_norm(la.elu_p1(jax.random.normal(keys[1], (b, h, t, dk))))
     v = jax.random.normal(keys[2], (b, h, t, dv))
     beta = jax.nn.sigmoid(jax.random.normal(keys[3], (b, h, t)))
-    w0 = 0.5 * jax.random.normal(keys[4], (b, h, dk, dv)) if with_state else jnp.zeros((b, h, dk, dv))
+    w0 = (
+        0.5 * jax.random.normal(keys[4], (b, h, dk, dv))
+        if with_state
+        else jnp.zeros((b, h, dk, dv))
+    )
     return q, k, v, beta, w0
 
 

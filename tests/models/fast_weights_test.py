@@ -83,7 +83,9 @@ def _reference_forward(p, tokens, c, state=None):
             for ti in range(t):
                 sc = np.einsum("bhe,bjhe->bhj", q[:, ti], k[:, : ti + 1]) * s
                 w = np.exp(sc - sc.max(-1, keepdims=True))
-                out[:, ti] = np.einsum("bhj,bjhe->bhe", w / w.sum(-1, keepdims=True), v[:, : ti + 1])
+                out[:, ti] = np.einsum(
+                    "bhj,bjhe->bhe", w / w.sum(-1, keepdims=True), v[:, : ti + 1]
+                )
             new_state.append(None)
         else:
             proj = a.get("proj_matrix")
@@ -139,7 +141,9 @@ def test_shapes_and_dtypes(kind):
         assert carry is None
         return
     dk = {"linear": 16, "performer": 8, "dpfp": 64}[kind[0]]
-    assert len(carry.w) == 2 and carry.w[0].shape == (2, 2, dk, 16) and carry.z[0].shape == (2, 2, dk)
+    assert (
+        len(carry.w) == 2 and carry.w[0].shape == (2, 2, dk, 16) and carry.z[0].shape == (2, 2, dk)
+    )
     assert carry.w[0].dtype == jnp.float32
     bf16 = _model(kind, dtype="bfloat16")
     logits16, _, _ = bf16.apply({"params": params}, tokens, None, train=False)
@@ -224,7 +228,7 @@ def test_recurrent_equals_chunkwise_gradients():
             model = _model(kind, fast_weight_impl=impl, chunk_size=4)
             params = _params(model)
 
-            def loss(p, model=model):
+            def loss(p, model=model, tokens=tokens):
                 return model.apply({"params": p}, tokens, tokens, None, train=False,
                                    method=model.nll)[0].mean()  # fmt: skip
 
@@ -241,8 +245,9 @@ def test_performer_matrix_redrawn_in_training_kept_for_eval():
     tokens = family.random_tokens(2, 16)
     params = _params(model)
     apply_train = jax.jit(
-        lambda p, key: model.apply({"params": p}, tokens, None, train=True,
-                                   rngs={"dropout": key, "performer": key})[0]  # fmt: skip
+        lambda p, key: model.apply(
+            {"params": p}, tokens, None, train=True, rngs={"dropout": key, "performer": key}
+        )[0]  # fmt: skip
     )
     k1, k2 = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
     assert not np.allclose(apply_train(params, k1), apply_train(params, k2))
@@ -258,7 +263,9 @@ def test_performer_matrix_redrawn_in_training_kept_for_eval():
     np.testing.assert_array_equal(evaled, again)
     # Only the matrices change.
     same = jax.tree.map(lambda a, b: bool(np.all(a == b)), params, stored)
-    changed = [jax.tree_util.keystr(p) for p, v in jax.tree_util.tree_leaves_with_path(same) if not v]
+    changed = [
+        jax.tree_util.keystr(p) for p, v in jax.tree_util.tree_leaves_with_path(same) if not v
+    ]
     assert all("proj_matrix" in c for c in changed) and len(changed) == 2
 
 
@@ -327,7 +334,9 @@ def test_variants_match_the_scripts():
     assert (small.model.d_model, small.model.head_dim, small.train.batch_size) == (128, 16, 96)
     assert small.optim.schedule == "cosine_txl" and small.optim.grad_clip == 0.25
     carry = by_name["medium_delta_linear_carry"]
-    assert carry.model.carry_over_fast_weight and carry.model.no_pos and carry.eval.protocol == "carry"
+    assert (
+        carry.model.carry_over_fast_weight and carry.model.no_pos and carry.eval.protocol == "carry"
+    )
     for name, config in by_name.items():
         model = models.get_model(config)
         assert model.config.num_layers in (2, 4, 16), name
