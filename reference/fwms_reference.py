@@ -2,7 +2,9 @@
 """IDSIA/lmtool-fwms (commit 52ada3d) `MemTransformerLM` as the reference for lmjax's
 fast-weight-programmer LM (lmjax/models/fast_weights.py). Runs in .venv-torch.
 
-  fwms_reference.py --src DIR --inp IN.npz --out OUT.npz
+  fwms_reference.py --src DIR --inp IN.npz --out OUT.npz      parity dump (below)
+  fwms_reference.py bench [--src DIR] [--types 2,4,5,6] [--steps 5 --warmup 2 --threads 2]
+                                         timed training steps at lmjax's `cpu` shape (below)
 
 DIR is the reference's `src/` directory (`git -C <mirror> archive 52ada3d src | tar -x`; the
 parity test extracts it into .cache/lmtool-fwms); $FWMS_SRC is the default. The reference code
@@ -31,12 +33,28 @@ Performer matrix is not redrawn), `softmax_keep_order=True`.
 OUT.npz, per case: `nll` [2, B, L] (segment s: tokens[:, sL:(s+1)L] predicting the next
 byte), `emb_scale`, `pos_emb` [L, d] (the sinusoid of positions L-1..0); carry cases also
 `w<s>_<i>` [B, K, d_k, d_v] and `z<s>_<i>` [B, K, d_k] (when normalising) after segment s.
+
+bench: the reference's training step, as train.py's loop (mem_len 0, batch_chunk 1, fp32), for
+the pure-torch types 2 (softmax), 4 (linear), 5 (Performer), 6 (DPFP), all in the L x L form,
+at configs/fast_weights.py:cpu's shape: 4 layers, d_model 256, 8 heads of 32, d_inner 1024,
+dropout 0.1, dropatt 0, byte vocabulary, no cutoffs (tied), tgt_len 256, batch 8, proj_dim 16,
+n_roll 2; train.py's `weights_init` (normal, init_std 0.02); train mode (type 5 redraws its
+Performer matrix every forward, as the reference trains). A step: forward on random bytes
+(data and target (L, B) int64), loss mean, backward, clip_grad_norm_(0.25), Adam(2.5e-4) step,
+zero_grad; `--warmup` untimed steps first. One JSON line per type on stdout (the reference's
+constructor prints go to stderr). The delta types 24-26 are CUDA kernels in the reference, and
+the loops standing in for them here are not the reference: bench refuses them.
 """
 
 import argparse
+import contextlib
 import json
+import math
 import os
+import resource
+import statistics
 import sys
+import time
 import types
 
 import numpy as np
@@ -102,10 +120,10 @@ def import_reference(src):
     return model_main
 
 
-def build(model_main, cfg, seg_len):
+def build(model_main, cfg, seg_len, dropout=0.0):
     model = model_main.MemTransformerLM(
         VOCAB, cfg["n_layer"], cfg["n_head"], cfg["d_model"], cfg["d_head"], cfg["d_inner"],
-        dropout=0.0, dropatt=0.0, tie_weight=True, d_embed=cfg["d_model"], div_val=1,
+        dropout=dropout, dropatt=0.0, tie_weight=True, d_embed=cfg["d_model"], div_val=1,
         tie_projs=[False], tgt_len=seg_len, ext_len=0, mem_len=0, cutoffs=[],
         attn_type=cfg["attn_type"], clamp_len=seg_len, proj_dim=cfg["proj_dim"],
         n_roll=cfg["n_roll"], skip_attn_normalization=cfg["skip_attn_normalization"],
@@ -172,7 +190,134 @@ def run_case(model, cfg, tokens, seg_len):
     return out
 
 
+BENCH_TYPES = {2: "softmax", 4: "linear", 5: "performer", 6: "dpfp"}  # pure torch, sum rule
+
+
+def weights_init(module, std=0.02):
+    """train.py's `weights_init` with --init normal (init_std 0.02), for the modules of types
+    2/4/5/6 (d_embed = d_model and div_val 1: no projections, no clusters)."""
+    name = module.__class__.__name__
+    if "Linear" in name:
+        if getattr(module, "weight", None) is not None:
+            torch.nn.init.normal_(module.weight, 0.0, std)
+        if getattr(module, "bias", None) is not None:
+            torch.nn.init.constant_(module.bias, 0.0)
+    elif "AdaptiveEmbedding" in name:
+        assert len(module.emb_projs) == 0, "no embedding projections at d_embed = d_model"
+    elif "Embedding" in name:  # nn.Embedding; PositionalEmbedding has no weight
+        if hasattr(module, "weight"):
+            torch.nn.init.normal_(module.weight, 0.0, std)
+    elif "ProjectedAdaptiveLogSoftmax" in name:
+        assert module.n_clusters == 0 and all(p is None for p in module.out_projs)
+    elif "LayerNorm" in name:
+        torch.nn.init.normal_(module.weight, 1.0, std)
+        torch.nn.init.constant_(module.bias, 0.0)
+
+
+def bench_type(model_main, args, attn_type):
+    torch.manual_seed(args.seed)
+    cfg = dict(attn_type=attn_type, n_layer=args.n_layer, n_head=args.n_head,
+               d_model=args.d_model, d_head=args.d_head, d_inner=args.d_inner,
+               proj_dim=args.proj_dim, n_roll=args.n_roll, skip_attn_normalization=False,
+               no_pos=False)  # fmt: skip
+    with contextlib.redirect_stdout(sys.stderr):  # the layers print their names
+        model = build(model_main, cfg, args.seq_len, dropout=args.dropout)
+    model.apply(weights_init)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    L, B = args.seq_len, args.batch_size
+    batches = [torch.randint(0, VOCAB, (L + 1, B), dtype=torch.int64)
+               for _ in range(args.warmup + args.steps + args.profile)]  # fmt: skip
+
+    def train_step(tokens):
+        data, target = tokens[:-1], tokens[1:]  # (L, B) each
+        loss = model(data, target)[0].mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        opt.step()
+        model.zero_grad()
+        return loss
+
+    times = []
+    for i, tokens in enumerate(batches[: args.warmup + args.steps]):
+        t0 = time.perf_counter()
+        loss = train_step(tokens)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+        loss = loss.item()
+        if not math.isfinite(loss):
+            sys.exit(f"type {attn_type}: non-finite loss at step {i}: {loss}")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for tokens in batches[args.warmup + args.steps :]:
+                train_step(tokens)
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+        print(f"type {attn_type}, {args.profile} steps:\n{table}", file=sys.stderr)
+    median = statistics.median(times)
+    print(json.dumps({
+        "impl": f"lmtool-fwms MemTransformerLM type {attn_type} ({BENCH_TYPES[attn_type]})",
+        "attn_type": attn_type,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "params": sum(p.numel() for p in model.parameters()),
+        "batch_size": B,
+        "seq_len": L,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "step_ms_median": round(1000 * median, 2),
+        "step_ms_min": round(1000 * min(times), 2),
+        "tokens_per_sec": round(B * L / median, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "final_loss": round(loss, 4),
+    }), flush=True)  # fmt: skip
+
+
+def bench_main(argv):
+    ap = argparse.ArgumentParser(
+        prog="fwms_reference.py bench", description="training-step benchmark of the reference"
+    )
+    ap.add_argument("--src", default=os.environ.get("FWMS_SRC", ""))
+    ap.add_argument("--types", default="2,4,5,6", help="comma list of attn_type, of 2/4/5/6")
+    ap.add_argument("--n_layer", type=int, default=4)
+    ap.add_argument("--d_model", type=int, default=256)
+    ap.add_argument("--n_head", type=int, default=8)
+    ap.add_argument("--d_head", type=int, default=32)
+    ap.add_argument("--d_inner", type=int, default=1024)
+    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--proj_dim", type=int, default=16)
+    ap.add_argument("--n_roll", type=int, default=2)
+    ap.add_argument("--batch_size", type=int, default=8)
+    ap.add_argument("--seq_len", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=2.5e-4)
+    ap.add_argument("--clip", type=float, default=0.25)
+    ap.add_argument("--steps", type=int, default=5, help="timed steps")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", type=int, default=0, help="profile this many extra steps (stderr)")
+    args = ap.parse_args(argv)
+    if not args.src:
+        sys.exit("no reference source: pass --src or set FWMS_SRC to lmtool-fwms's src/")
+    attn_types = [int(t) for t in args.types.split(",") if t.strip()]
+    bad = [t for t in attn_types if t not in BENCH_TYPES]
+    if bad:
+        sys.exit(
+            f"bench runs the pure-torch types {sorted(BENCH_TYPES)} only, not {bad} "
+            "(24-26 are CUDA kernels in the reference; the CPU loops are stand-ins)"
+        )
+    if args.steps < 1:
+        sys.exit("--steps must be at least 1")
+    torch.set_num_threads(args.threads)
+    model_main = import_reference(os.path.abspath(args.src))
+    for attn_type in attn_types:
+        bench_type(model_main, args, attn_type)
+
+
 def main():
+    if sys.argv[1:2] == ["bench"]:
+        return bench_main(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--src", default=os.environ.get("FWMS_SRC", ""))
     ap.add_argument("--inp", required=True)
