@@ -248,31 +248,39 @@ class _Attention(nn.Module):
         return dict(impl=self.config.fast_weight_impl, chunk=self.config.chunk_size)
 
     def _sum(self, q, k, v, w0, z0):
-        """Types 4/5/6: y = s W_tᵀ q / (s q·z_t + eps) (the L x L form's normaliser)."""
+        """Types 4/5/6: y = s W_tᵀ q / (s q·z_t + eps) (the L x L form's normaliser). z rides
+        along as an extra value column of ones: W' = [W | z], so W'ᵀq = [Wᵀq | q·z_t] comes out
+        of the same matmuls (a separate cumsum over [b, h, t, k] costs more on XLA:CPU)."""
         c = self.config
-        o, w = la.sum_rule(q, k, v, w0, **self._rule_kwargs())
-        z = z0[:, :, None] + jnp.cumsum(k, axis=2)  # [b, h, t, k], inclusive
+        ones = jnp.ones((*v.shape[:3], 1), jnp.float32)
+        w0 = jnp.concatenate([w0, z0[..., None]], axis=-1)
+        o, w = la.sum_rule(q, k, jnp.concatenate([v, ones], -1), w0, **self._rule_kwargs())
+        o, qz = o[..., :-1], o[..., -1:]
         if not c.skip_attn_normalization:
             s = c.head_dim**-0.5
-            o = s * o / (s * jnp.einsum("bhtk,bhtk->bht", q, z)[..., None] + _EPS)
-        return o, (w, z[:, :, -1])
+            o = s * o / (s * qz + _EPS)
+        return o, (w[..., :-1], w[..., -1])
 
     def _delta(self, q, k, v, beta, w0, z0, fresh):
         """Types 24-26 (and 44-46 with attn_norm); the caller multiplies by s."""
         c = self.config
         q, k = la.sum_norm(q), la.sum_norm(k)
-        z = z0[:, :, None] + jnp.cumsum(k, axis=2)  # [b, h, t, k], not β-weighted
         normalise = not c.skip_attn_normalization
+        ones = jnp.ones((*v.shape[:3], 1), jnp.float32)
+        # q·z_t with z_t = z0 + Σ_{τ≤t} k̄_τ (not β-weighted): the sum rule with values 1.
+        running = lambda x: la.sum_rule(x, k, ones, z0[..., None], impl="chunkwise",
+                                        chunk=c.chunk_size)  # fmt: skip
+        qz, z = running(q)
         k_write, beta_write = k, beta
         if c.attn_norm and normalise:
-            kd = jnp.einsum("bhtk,bhtk->bht", z - k, k)  # z_{t-1}·k̄_t
+            kd = running(k)[0][..., 0] - jnp.einsum("bhtk,bhtk->bht", k, k)  # z_{t-1}·k̄_t
             first = jnp.where(fresh[:, None], 1.0, kd[:, :, 0])  # kd_1 = 1 from a fresh state
             kd = kd.at[:, :, 0].set(first)
             beta_write, k_write = beta * kd, k / (kd[..., None] + _EPS)
         o, w = la.delta_rule(q, k_write, v, beta_write, w0, **self._rule_kwargs())
         if normalise:
-            o = o / (jnp.einsum("bhtk,bhtk->bht", q, z)[..., None] + _EPS)
-        return o, (w, z[:, :, -1])
+            o = o / (qz + _EPS)
+        return o, (w, z[..., 0])
 
 
 class _Layer(nn.Module):
