@@ -94,7 +94,7 @@ def get_config(arg=None):
     m.performer_proj_dim, m.dpfp_n_roll = 16, 2
     m.carry_over_fast_weight, m.no_pos = False, False
     m.mem_len, m.clamp_len = 0, 0
-    m.fast_weight_impl, m.chunk_size = "auto", 64
+    m.fast_weight_impl, m.chunk_size, m.unroll = "auto", 64, 8
     m.dtype = "float32"
 
     config.optim.name = "adam"

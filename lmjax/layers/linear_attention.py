@@ -33,6 +33,8 @@ numbers (tests/layers/linear_attention_test.py checks both against a float64 loo
 `impl="auto"` resolves per backend and rule from `AUTO_IMPL` (measured; see there).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -141,27 +143,27 @@ def _bmajor(x):
     return jnp.moveaxis(x, 0, 2)
 
 
-def _sum_forward(q, k, v, w0):
+def _sum_forward(q, k, v, w0, unroll=1):
     def step(w, x):
         q_t, k_t, v_t = x
         w = w + jnp.einsum("bhk,bhv->bhkv", k_t, v_t)
         return w, jnp.einsum("bhk,bhkv->bhv", q_t, w)
 
-    w, o = jax.lax.scan(step, w0, _tmajor(q, k, v))
+    w, o = jax.lax.scan(step, w0, _tmajor(q, k, v), unroll=unroll)
     return _bmajor(o), w
 
 
-@jax.custom_vjp
-def _sum_recurrent(q, k, v, w0):
-    return _sum_forward(q, k, v, w0)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _sum_recurrent(q, k, v, w0, unroll):
+    return _sum_forward(q, k, v, w0, unroll)
 
 
-def _sum_fwd(q, k, v, w0):
-    o, w = _sum_forward(q, k, v, w0)
+def _sum_fwd(q, k, v, w0, unroll):
+    o, w = _sum_forward(q, k, v, w0, unroll)
     return (o, w), (q, k, v, w)  # the final state only: the backward rebuilds the others
 
 
-def _sum_bwd(res, cot):
+def _sum_bwd(unroll, res, cot):
     q, k, v, w_last = res
     do, dw_last = cot
 
@@ -176,7 +178,7 @@ def _sum_bwd(res, cot):
         return (w, dw), (dq, dk, dv)
 
     (_, dw0), (dq, dk, dv) = jax.lax.scan(
-        step, (w_last, dw_last), _tmajor(q, k, v, do), reverse=True
+        step, (w_last, dw_last), _tmajor(q, k, v, do), reverse=True, unroll=unroll
     )
     return _bmajor(dq), _bmajor(dk), _bmajor(dv), dw0
 
@@ -210,12 +212,13 @@ def _sum_chunkwise(q, k, v, w0, chunk):
     return o, w0 + total[:, :, -1]
 
 
-def sum_rule(q, k, v, w0=None, *, impl="auto", chunk=64):
+def sum_rule(q, k, v, w0=None, *, impl="auto", chunk=64, unroll=1):
     """The sum rule: o_t = W_tᵀ q_t, W_t = W_{t-1} + k_t v_tᵀ.
 
     Args:
       q, k: [b, h, t, k] features; v: [b, h, t, v]; w0: [b, h, k, v] initial state (None: 0).
-      impl: 'recurrent', 'chunkwise' or 'auto'; chunk: positions per chunk (chunkwise).
+      impl: 'recurrent', 'chunkwise' or 'auto'; chunk: positions per chunk (chunkwise);
+      unroll: time steps per loop iteration of the recurrent form's scans.
     Returns:
       (o [b, h, t, v], W_t [b, h, k, v]), float32.
     """
@@ -223,36 +226,36 @@ def sum_rule(q, k, v, w0=None, *, impl="auto", chunk=64):
     if w0 is None:
         w0 = jnp.zeros((*q.shape[:2], q.shape[-1], v.shape[-1]), jnp.float32)
     if resolve_impl(impl, "sum") == "recurrent":
-        return _sum_recurrent(q, k, v, w0)
+        return _sum_recurrent(q, k, v, w0, unroll)
     return _sum_chunkwise(q, k, v, w0, chunk)
 
 
 # -- the delta rule ----------------------------------------------------------------------------
 
 
-def _delta_forward(q, k, v, beta, w0):
+def _delta_forward(q, k, v, beta, w0, unroll=1):
     def step(w, x):
         q_t, k_t, v_t, b_t = x
         v_old = jnp.einsum("bhk,bhkv->bhv", k_t, w)  # retrieve, then replace by β
         w = w + jnp.einsum("bhk,bhv->bhkv", k_t, b_t[..., None] * (v_t - v_old))
         return w, (jnp.einsum("bhk,bhkv->bhv", q_t, w), v_old)
 
-    w, (o, v_old) = jax.lax.scan(step, w0, _tmajor(q, k, v, beta))
+    w, (o, v_old) = jax.lax.scan(step, w0, _tmajor(q, k, v, beta), unroll=unroll)
     return _bmajor(o), w, _bmajor(v_old)
 
 
-@jax.custom_vjp
-def _delta_recurrent(q, k, v, beta, w0):
-    o, w, _ = _delta_forward(q, k, v, beta, w0)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _delta_recurrent(q, k, v, beta, w0, unroll):
+    o, w, _ = _delta_forward(q, k, v, beta, w0, unroll)
     return o, w
 
 
-def _delta_fwd(q, k, v, beta, w0):
-    o, w, v_old = _delta_forward(q, k, v, beta, w0)
+def _delta_fwd(q, k, v, beta, w0, unroll):
+    o, w, v_old = _delta_forward(q, k, v, beta, w0, unroll)
     return (o, w), (q, k, v, beta, v_old, w)
 
 
-def _delta_bwd(res, cot):
+def _delta_bwd(unroll, res, cot):
     q, k, v, beta, v_old, w_last = res
     do, dw_last = cot
 
@@ -271,7 +274,9 @@ def _delta_bwd(res, cot):
         return (w_prev, dw), (dq, dk, b_t[..., None] * du, jnp.sum(du * diff, axis=-1))
 
     xs = _tmajor(q, k, v, beta, v_old, do)
-    (_, dw0), (dq, dk, dv, dbeta) = jax.lax.scan(step, (w_last, dw_last), xs, reverse=True)
+    (_, dw0), (dq, dk, dv, dbeta) = jax.lax.scan(
+        step, (w_last, dw_last), xs, reverse=True, unroll=unroll
+    )
     return _bmajor(dq), _bmajor(dk), _bmajor(dv), _bmajor(dbeta), dw0
 
 
@@ -321,13 +326,14 @@ def _delta_chunkwise(q, k, v, beta, w0, chunk):
     return o.reshape(o.shape[0], o.shape[1], -1, o.shape[-1])[:, :, :t], w
 
 
-def delta_rule(q, k, v, beta, w0=None, *, impl="auto", chunk=64):
+def delta_rule(q, k, v, beta, w0=None, *, impl="auto", chunk=64, unroll=1):
     """The delta rule: u_t = β_t (v_t - W_{t-1}ᵀ k_t), W_t = W_{t-1} + k_t u_tᵀ, o_t = W_tᵀ q_t.
 
     Args:
       q, k: [b, h, t, k] features; v: [b, h, t, v]; beta: [b, h, t] write strengths;
       w0: [b, h, k, v] initial state (None: 0).
-      impl: 'recurrent', 'chunkwise' or 'auto'; chunk: positions per chunk (chunkwise).
+      impl: 'recurrent', 'chunkwise' or 'auto'; chunk: positions per chunk (chunkwise);
+      unroll: time steps per loop iteration of the recurrent form's scans.
     Returns:
       (o [b, h, t, v], W_t [b, h, k, v]), float32.
     """
@@ -335,5 +341,5 @@ def delta_rule(q, k, v, beta, w0=None, *, impl="auto", chunk=64):
     if w0 is None:
         w0 = jnp.zeros((*q.shape[:2], q.shape[-1], v.shape[-1]), jnp.float32)
     if resolve_impl(impl, "delta") == "recurrent":
-        return _delta_recurrent(q, k, v, beta, w0)
+        return _delta_recurrent(q, k, v, beta, w0, unroll)
     return _delta_chunkwise(q, k, v, beta, w0, chunk)
