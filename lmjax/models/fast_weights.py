@@ -83,7 +83,7 @@ class FastWeightsConfig:
     dropout_rate: float = 0.1  # embeddings, residual branches, FF, final hidden
     dropout_attn: float = 0.0  # softmax probabilities (feature_map='softmax' only)
     feature_map: str = "linear"  # softmax | linear (elu+1) | performer (FAVOR+) | dpfp
-    update_rule: str = "sum"  # sum | delta (ignored by softmax)
+    update_rule: str = "sum"  # sum | delta (softmax has no rule: leave "sum")
     attn_norm: bool = False  # delta rule: the key normalisation of types 44-46
     skip_attn_normalization: bool = False  # drop the output normaliser (reference flag)
     performer_proj_dim: int = 16  # m
