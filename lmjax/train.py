@@ -55,6 +55,11 @@ def _rngs(model, rng):
 _STREAM_SALT = 0x5EED0000  # far from the micro-batch indices folded into the same key
 
 
+def _micro_rng(rng, i, num_micro):
+    """The key of micro-batch i: the step's key itself without accumulation."""
+    return rng if num_micro == 1 else jax.random.fold_in(rng, i)
+
+
 def train_step(state, carry, batch, *, task, model, tx, grad_accum_steps=1):
     """One optimizer update on one batch. Returns (state, carry, metric sums).
 
@@ -85,7 +90,7 @@ def train_step(state, carry, batch, *, task, model, tx, grad_accum_steps=1):
 
         def body(acc, xs):
             mb, c, i = xs
-            (_, (c, ls, n, aux)), g = grad_fn(state.params, c, mb, jax.random.fold_in(rng, i))
+            (_, (c, ls, n, aux)), g = grad_fn(state.params, c, mb, _micro_rng(rng, i, k))
             return jax.tree.map(jnp.add, acc, (g, ls, n)), (c, aux)
 
         zeros = (jax.tree.map(jnp.zeros_like, state.params), 0.0, 0.0)
@@ -94,7 +99,8 @@ def train_step(state, carry, batch, *, task, model, tx, grad_accum_steps=1):
         aux = jax.tree.map(lambda x: jnp.mean(x, axis=0), aux)
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    last_rng = rng if grad_accum_steps == 1 else jax.random.fold_in(rng, grad_accum_steps - 1)
+    # The hook sees the streams of the last forward (e.g. the Performer's drawn matrices).
+    last_rng = _micro_rng(rng, grad_accum_steps - 1, grad_accum_steps)
     params = model.post_update(optax.apply_updates(state.params, updates), _rngs(model, last_rng))
     metrics = {
         "loss_sum": loss_sum,

@@ -67,7 +67,6 @@ from lmjax.layers import adaptive, attention, core
 from lmjax.layers import linear_attention as la
 from lmjax.models import base, transformer_xl
 
-_LN_EPS = 1e-5
 _INIT = nn.initializers.normal(0.02)
 _EPS = 1e-5  # the reference layers' `eps` in every denominator
 
@@ -174,10 +173,6 @@ class FastWeightState(NamedTuple):
     ahead: jax.Array
 
 
-def _ln_scale_init(key, shape, dtype=jnp.float32):
-    return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)  # Transformer-XL's LN gains
-
-
 def _proj_init(head_dim, proj_dim):
     return lambda key, shape, dtype=jnp.float32: la.orthogonal_random_matrix(
         key, head_dim, proj_dim
@@ -197,7 +192,8 @@ class _Attention(nn.Module):
     def __call__(self, h, proj, w0, z0, fresh, *, train):
         """h: [b, t, d] float32; proj: [e, m] Performer matrix drawn for this forward, or None
         (use the stored one); w0: [b, h, k, v], z0: [b, h, k] the state before the window;
-        fresh: [b] bool, rows whose state is the initial one. Returns (h, (w, z))."""
+        fresh: [b] bool, rows whose state is the initial one (attn_norm only, else None).
+        Returns (h, (w, z))."""
         c = self.config
         b, t, d = h.shape
         nh, e = c.num_heads, c.head_dim
@@ -243,7 +239,7 @@ class _Attention(nn.Module):
         out = jnp.swapaxes(out, 1, 2).reshape(b, t, nh * e)
         out = dense(d, "o_net")(out.astype(dtype))
         out = core.Dropout(c.dropout_rate)(out, deterministic=not train)
-        ln = nn.LayerNorm(_LN_EPS, dtype=jnp.float32, scale_init=_ln_scale_init, name="layer_norm")
+        ln = transformer_xl.layer_norm("layer_norm")  # eps 1e-5, gains N(1, 0.02)
         return ln(h + out.astype(jnp.float32)), state
 
     def _rule_kwargs(self):
@@ -398,7 +394,7 @@ class FastWeightsLM(base.Family):
                 w0 = z0 = fresh = None
             else:
                 w0, z0 = state.w[i], state.z[i]
-                fresh = jnp.all(z0 == 0, axis=(1, 2))
+                fresh = jnp.all(z0 == 0, axis=(1, 2)) if c.attn_norm else None
             h, (w, z) = _Layer(c, name=f"layer_{i}")(h, projs[i], w0, z0, fresh, train=train)
             ws.append(w)
             zs.append(z)

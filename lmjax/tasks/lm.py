@@ -172,6 +172,10 @@ class LMTask(base.Task):
     def protocol(self):
         return self.config.eval.get("protocol", "carry")
 
+    @property
+    def stride(self):
+        return self.config.eval.get("sliding_stride", 1)
+
     def eval_label(self, split):
         """The split's name in metrics.jsonl: `test`, or `test_sliding` for another protocol."""
         return split if self.protocol == "carry" else f"{split}_{self.protocol}"
@@ -192,7 +196,7 @@ class LMTask(base.Task):
 
     def _sliding_starts(self, split):
         data = self._splits[split]
-        t, k = self.config.eval.seq_len, self.config.eval.get("sliding_stride", 1)
+        t, k = self.config.eval.seq_len, self.stride
         if len(data) < t + 1:
             raise UserError(
                 f"eval.seq_len={t}: the sliding window is longer than the {split} split "
@@ -232,7 +236,7 @@ class LMTask(base.Task):
             **self.scores(loss),
             "targets": count,
             "split_targets": len(data) - 1,
-            "sliding_stride": self.config.eval.get("sliding_stride", 1),
+            "sliding_stride": self.stride,
         }
 
     # -- generation ----------------------------------------------------------------------------

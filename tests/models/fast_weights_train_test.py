@@ -10,6 +10,7 @@ import pytest
 from configs import fast_weights as fw_config
 from lmjax import evaluate, models, sharding, tasks, train, writers
 from lmjax.errors import UserError
+from tests.models import family
 
 _TEXT = (
     "A fast weight is written by keys and values and read by queries. "
@@ -79,10 +80,7 @@ def _task_and_params(config, seed=0):
     model = models.get_model(config)
     task = tasks.get_task(config)
     task.prepare(model, ("valid", "test"))
-    params = model.init(jax.random.PRNGKey(seed), *task.init_inputs(), train=False)["params"]
-    params = jax.tree.map(
-        lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(seed + 1), p.shape), params
-    )
+    params = family.perturbed_params(model, task.init_inputs()[0], seed=seed, scale=0.1)
     return task, model, params
 
 
@@ -183,3 +181,38 @@ def test_window_longer_than_split_is_one_line(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="eval.seq_len=300: the sliding window is longer"):
         task._sliding_starts("test")  # the protocol's own check, for a batch that fits
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_trainer_stores_the_matrix_its_forward_drew(tmp_path, accum):
+    """post_update gets the streams of the step's last forward: with lr 0 and no dropout, the
+    training loss of that forward's rows equals the evaluation loss under the stored P."""
+    from lmjax import optim
+    from lmjax import state as state_lib
+
+    config = _config(tmp_path, attn="delta_performer", dropout_rate=0.0)
+    config.optim.learning_rate = 0.0
+    model, task = models.get_model(config), tasks.get_task(config)
+    task.prepare(model, ("train",))
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    tx, _ = optim.make_optimizer(config.optim)
+    state = state_lib.sharded_train_state(config, model, tx, mesh, task.init_inputs())
+    batch = jax.tree.map(jnp.asarray, task.train_batch(0)[0])
+    new, _, metrics = jax.jit(
+        lambda s, b: train.train_step(
+            s, None, b, task=task, model=model, tx=tx, grad_accum_steps=accum
+        )  # fmt: skip
+    )(state, batch)
+    rows = config.train.batch_size // accum
+    last = jax.tree.map(lambda x: x[-rows:], batch)  # the last micro-batch
+    old_p = state.params["layer_0"]["attn"]["proj_matrix"]
+    assert not np.allclose(new.params["layer_0"]["attn"]["proj_matrix"], old_p)
+    eval_sum, count, _, _ = task.loss(model, new.params, last, None, train=False)
+    if accum == 1:
+        np.testing.assert_allclose(eval_sum, metrics["loss_sum"], rtol=1e-5)
+    else:  # the last micro-batch's own training loss, with that micro-batch's key
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        rngs = train._rngs(model, jax.random.fold_in(rng, accum - 1))
+        train_sum, _, _, _ = task.loss(model, state.params, last, None, train=True, rngs=rngs)
+        np.testing.assert_allclose(eval_sum, train_sum, rtol=1e-5)
+    assert count == rows * config.train.seq_len
