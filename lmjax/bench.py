@@ -89,7 +89,13 @@ def benchmark(config, steps=20, warmup=3):
 def main(argv):
     if FLAGS.config is None:
         sys.exit("error: --config is required")
-    result = benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup)
+    from lmjax import cli
+    from lmjax.errors import UserError
+
+    try:
+        result = benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup)
+    except UserError as e:  # a bad field found when the model is built: one line, exit 2
+        cli.fail(str(e))
     arg = sys.argv[[a.startswith("--config=") for a in sys.argv].index(True)].split("=", 1)[1]
     result["config"] = arg
     print(json.dumps(result))

@@ -37,3 +37,44 @@ def test_uniform_and_torch_linear_init():
     np.testing.assert_array_equal(
         core.torch_linear_init(16)(key, (64, 33)), core.uniform(0.25)(key, (64, 33))
     )
+
+
+def test_dropout_bits_statistics():
+    """The hashed 16-bit draws (`random_bits16`): uniform overall and per position across keys,
+    no correlation between neighbours, between the two keys of one split, or along a row."""
+    n_keys, shape = 64, (32, 512)
+    keys = jax.random.split(jax.random.PRNGKey(0), n_keys)
+    u = np.stack([np.asarray(core.random_bits16(k, shape)) for k in keys]) / 65536.0 - 0.5
+    assert u.min() >= -0.5 and u.max() < 0.5
+    n = u.size
+    assert abs(u.mean()) < 4 * np.sqrt(1 / 12 / n)  # mean of U(-½, ½) has variance 1/12n
+    assert abs((u**2).mean() - 1 / 12) < 1e-3
+    # Per position, over the 64 keys: the mean stays within 5 sigma everywhere.
+    per_pos = u.mean(axis=0)
+    assert np.abs(per_pos).max() < 5.5 * np.sqrt(1 / 12 / n_keys)
+
+    def corr(a, b):
+        a, b = a.ravel(), b.ravel()
+        return float(np.corrcoef(a, b)[0, 1])
+
+    # 5 sigma of a correlation estimated from m pairs is 5/√m.
+    assert abs(corr(u[..., 1:], u[..., :-1])) < 5 / np.sqrt(u[..., 1:].size)  # neighbours
+    assert abs(corr(u[:, 1:], u[:, :-1])) < 5 / np.sqrt(u[:, 1:].size)  # rows
+    assert abs(corr(u[1:], u[:-1])) < 5 / np.sqrt(u[1:].size)  # successive keys
+    # Keep masks at rate 0.1: rates per position over keys are binomial.
+    keep = (u + 0.5) >= round(0.1 * 65536) / 65536
+    assert abs(keep.mean() - 0.9) < 4 * np.sqrt(0.09 / n)
+
+
+def test_dropout_mask_same_under_sharding():
+    """The mask is a function of the global index: a batch-sharded jit gives the one-device
+    mask."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    layer = core.Dropout(0.25)
+    x = jnp.ones((8, 16, 12))
+    rng = {"dropout": jax.random.PRNGKey(5)}
+    f = jax.jit(lambda x: layer.apply({}, x, deterministic=False, rngs=rng))
+    mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+    sharded = jax.device_put(x, NamedSharding(mesh, P("data")))
+    np.testing.assert_array_equal(f(sharded), f(x))
