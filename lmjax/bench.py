@@ -1,4 +1,5 @@
-"""Training-step benchmark: `python -m lmjax.bench --config=configs/sha_rnn.py:cpu [--steps=N]`.
+"""Training-step benchmark: `python -m lmjax.bench --config=configs/sha_rnn.py:cpu [--steps=N]`
+[--seq_lens=256,1024,4096] (cost against length: one run per train.seq_len, then a table).
 
 Times the trainer's own training step (forward, backward, optimizer update: `bench.setup` builds
 it as `train.train_and_evaluate` does, including the family's `adapt_to` on the initial
@@ -6,7 +7,9 @@ parameters) at the config's shape on a synthetic batch from the task, after warm
 carried state fed back as in training. Prints one JSON line: config, params, batch_shape,
 devices, backend, the model's static facts (`describe()`, e.g. Adaptive-Span's trim_lens),
 step_ms_median, tokens_per_sec (targets per second, as the trainer logs), peak_rss_mb (and peak
-device memory where the backend reports it). Never run inside tests.
+device memory where the backend reports it), xla_temp_mb / xla_args_mb (the compiled step's
+temporaries and arguments from XLA's memory analysis: what grows with the sequence length,
+without the runtime's fixed few hundred MB). Never run inside tests.
 """
 
 import json
@@ -25,6 +28,12 @@ config_flags.DEFINE_config_file(
 )
 flags.DEFINE_integer("steps", 20, "Timed steps after warm-up.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps (the first compiles).")
+flags.DEFINE_list(
+    "seq_lens",
+    [],
+    "Cost against length: run the benchmark once per train.seq_len in this list, each in its "
+    "own process (so peak RSS is that length's), and print a table after the JSON lines.",
+)
 
 
 def setup(config, mesh):
@@ -56,6 +65,8 @@ def benchmark(config, steps=20, warmup=3):
     task, model, state, carry, step_fn = setup(config, mesh)
     host_batch = task.synthetic_batch(model)
     batch = sharding.shard_host_batch(mesh, host_batch)
+    step_fn = step_fn.lower(state, carry, batch).compile()  # once: its buffer sizes are reported
+    memory = step_fn.memory_analysis()
     times, counts = [], []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
@@ -80,10 +91,47 @@ def benchmark(config, steps=20, warmup=3):
         "tokens_per_sec": round(float(np.median(counts)) / median, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+    if memory is not None:  # XLA's buffer assignment for the step: its working memory beyond
+        # the arguments (activations kept for the backward, temporaries), backend-independent
+        out["xla_temp_mb"] = round(memory.temp_size_in_bytes / 2**20, 1)
+        out["xla_args_mb"] = round(memory.argument_size_in_bytes / 2**20, 1)
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         out["peak_device_mb"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
     return out
+
+
+def sweep_lengths(argv, seq_lens):
+    """One subprocess per length (this command without --seq_lens, with train.seq_len set);
+    returns their results."""
+    import subprocess
+
+    base = [a for a in argv[1:] if not a.startswith("--seq_lens")]
+    results = []
+    for length in seq_lens:
+        cmd = [sys.executable, "-m", "lmjax.bench", *base, f"--config.train.seq_len={length}"]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode:
+            tail = [line for line in run.stderr.splitlines() if line.strip()][-1:]
+            from lmjax import cli
+
+            cli.fail(f"seq_len {length}: {tail[0] if tail else 'failed'}", code=run.returncode)
+        line = run.stdout.strip().splitlines()[-1]
+        print(line, flush=True)
+        results.append(json.loads(line))
+    return results
+
+
+def length_table(results):
+    head = "| seq_len | batch | step ms | tokens/s | XLA temp MB | peak RSS MB |"
+    rows = [head, "|---:" * 6 + "|"]
+    for r in results:
+        b, t = r["batch_shape"]["inputs"]
+        rows.append(
+            f"| {t} | {b} | {r['step_ms_median']:.0f} | {r['tokens_per_sec']:.0f} "
+            f"| {r.get('xla_temp_mb', float('nan')):.0f} | {r['peak_rss_mb']:.0f} |"
+        )
+    return "\n".join(rows)
 
 
 def main(argv):
@@ -91,6 +139,14 @@ def main(argv):
         sys.exit("error: --config is required")
     from lmjax import cli
     from lmjax.errors import UserError
+
+    if FLAGS.seq_lens:
+        try:
+            lengths = [int(x) for x in FLAGS.seq_lens]
+        except ValueError:
+            cli.fail(f"--seq_lens={','.join(FLAGS.seq_lens)}: a comma-separated list of integers")
+        print(length_table(sweep_lengths(sys.argv, lengths)))
+        return
 
     try:
         result = benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup)

@@ -199,7 +199,7 @@ def _chunks(chunk, *xs):
     return tuple(x.reshape(x.shape[0], x.shape[1], -1, chunk, *x.shape[3:]) for x in xs)
 
 
-def _sum_chunkwise(q, k, v, w0, chunk):
+def _sum_chunkwise(q, k, v, w0, chunk, z0=None):
     t = q.shape[2]
     q, k, v = _chunks(chunk, *_pad_time(chunk, q, k, v))  # zero keys/values write nothing
     kv = jnp.einsum("bhnck,bhncv->bhnkv", k, v)
@@ -209,25 +209,41 @@ def _sum_chunkwise(q, k, v, w0, chunk):
     scores = jnp.where(causal, jnp.einsum("bhnck,bhnsk->bhncs", q, k), 0.0)
     o = jnp.einsum("bhnck,bhnkv->bhncv", q, states) + jnp.einsum("bhncs,bhnsv->bhncv", scores, v)
     o = o.reshape(o.shape[0], o.shape[1], -1, o.shape[-1])[:, :, :t]
-    return o, w0 + total[:, :, -1]
+    if z0 is None:
+        return o, w0 + total[:, :, -1]
+    # The normaliser shares the scores: q_t·z_t = q_t·z_chunk + Σ_{s≤c} q_c·k_s.
+    k_sum = jnp.sum(k, axis=3)  # [b, h, n, k]
+    z_total = jnp.cumsum(k_sum, axis=2)
+    qz = jnp.einsum("bhnck,bhnk->bhnc", q, z0[:, :, None] + z_total - k_sum) + scores.sum(-1)
+    qz = qz.reshape(qz.shape[0], qz.shape[1], -1)[:, :, :t]
+    return o, w0 + total[:, :, -1], qz, z0 + z_total[:, :, -1]
 
 
-def sum_rule(q, k, v, w0=None, *, impl="auto", chunk=64, unroll=1):
+def sum_rule(q, k, v, w0=None, *, impl="auto", chunk=64, unroll=1, z0=None):
     """The sum rule: o_t = W_tᵀ q_t, W_t = W_{t-1} + k_t v_tᵀ.
 
     Args:
       q, k: [b, h, t, k] features; v: [b, h, t, v]; w0: [b, h, k, v] initial state (None: 0).
       impl: 'recurrent', 'chunkwise' or 'auto'; chunk: positions per chunk (chunkwise);
       unroll: time steps per loop iteration of the recurrent form's scans.
+      z0: None, or [b, h, k], the normaliser's state: then also q_t·z_t with
+        z_t = z0 + Σ_{τ≤t} k_τ. Chunkwise, it reuses the chunk's scores (row sums); recurrent,
+        it is one more value column of ones. (A column of ones in the chunkwise matmuls too
+        makes them 33 wide at head_dim 32, which XLA:CPU runs markedly slower.)
     Returns:
-      (o [b, h, t, v], W_t [b, h, k, v]), float32.
+      (o [b, h, t, v], W_t [b, h, k, v]), float32; with z0 also qz [b, h, t] and z_t [b, h, k].
     """
     q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
     if w0 is None:
         w0 = jnp.zeros((*q.shape[:2], q.shape[-1], v.shape[-1]), jnp.float32)
-    if resolve_impl(impl, "sum") == "recurrent":
+    if resolve_impl(impl, "sum") == "chunkwise":
+        return _sum_chunkwise(q, k, v, w0, chunk, z0)
+    if z0 is None:
         return _sum_recurrent(q, k, v, w0, unroll)
-    return _sum_chunkwise(q, k, v, w0, chunk)
+    ones = jnp.ones((*v.shape[:3], 1), jnp.float32)
+    w0 = jnp.concatenate([w0, z0.astype(jnp.float32)[..., None]], axis=-1)
+    o, w = _sum_recurrent(q, k, jnp.concatenate([v, ones], -1), w0, unroll)
+    return o[..., :-1], w[..., :-1], o[..., -1], w[..., -1]
 
 
 # -- the delta rule ----------------------------------------------------------------------------

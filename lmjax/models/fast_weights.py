@@ -209,7 +209,7 @@ class _HeadProjection(nn.Module):
         if self.head_major:
             w = kernel.reshape(d, nh, sum(self.sizes))
             ends = [sum(self.sizes[: i + 1]) for i in range(len(self.sizes))]
-            parts = [w[..., end - size : end] for size, end in zip(self.sizes, ends)]
+            parts = [w[..., end - size : end] for size, end in zip(self.sizes, ends, strict=True)]
         else:
             (size,) = set(self.sizes)
             w = kernel.reshape(d, len(self.sizes), nh, size)
@@ -295,18 +295,15 @@ class _Attention(nn.Module):
         return dict(impl=c.fast_weight_impl, chunk=c.chunk_size, unroll=c.unroll)
 
     def _sum(self, q, k, v, w0, z0):
-        """Types 4/5/6: y = s W_tᵀ q / (s q·z_t + eps) (the L x L form's normaliser). z rides
-        along as an extra value column of ones: W' = [W | z], so W'ᵀq = [Wᵀq | q·z_t] comes out
-        of the same matmuls (a separate cumsum over [b, h, t, k] costs more on XLA:CPU)."""
+        """Types 4/5/6: y = s W_tᵀ q / (s q·z_t + eps) (the L x L form's normaliser), q·z_t
+        from `sum_rule`'s normaliser (chunkwise: the row sums of the chunk scores it already
+        has)."""
         c = self.config
-        ones = jnp.ones((*v.shape[:3], 1), jnp.float32)
-        w0 = jnp.concatenate([w0, z0[..., None]], axis=-1)
-        o, w = la.sum_rule(q, k, jnp.concatenate([v, ones], -1), w0, **self._rule_kwargs())
-        o, qz = o[..., :-1], o[..., -1:]
+        o, w, qz, z = la.sum_rule(q, k, v, w0, z0=z0, **self._rule_kwargs())
         if not c.skip_attn_normalization:
             s = c.head_dim**-0.5
-            o = s * o / (s * qz + _EPS)
-        return o, (w[..., :-1], w[..., -1])
+            o = s * o / (s * qz[..., None] + _EPS)
+        return o, (w, z)
 
     def _delta(self, q, k, v, beta, w0, z0, fresh):
         """Types 24-26 (and 44-46 with attn_norm); the caller multiplies by s."""

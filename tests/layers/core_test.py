@@ -69,7 +69,8 @@ def test_dropout_bits_statistics():
 def test_dropout_mask_same_under_sharding():
     """The mask is a function of the global index: a batch-sharded jit gives the one-device
     mask."""
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     layer = core.Dropout(0.25)
     x = jnp.ones((8, 16, 12))

@@ -168,3 +168,32 @@ def test_feature_maps():
     q, k = 0.3 * x[0], 0.3 * x[1]
     est = la.favor_plus(q, big) @ la.favor_plus(k, big)
     np.testing.assert_allclose(est, np.exp(np.dot(q, k)), rtol=0.05)
+
+
+@pytest.mark.parametrize("impl", la.IMPLS)
+def test_sum_rule_normaliser(impl):
+    """z0 given: q_t·z_t and z_t, z_t = z0 + Σ_{τ≤t} k_τ, against float64 numpy; values and
+    W unchanged; gradients flow through qz like through o (vs a ones column of values)."""
+    q, k, v, _, w0 = _inputs(6)
+    z0 = jnp.abs(jax.random.normal(jax.random.PRNGKey(9), w0.shape[:3]))
+    run = jax.jit(lambda q, k, v, w0, z0: la.sum_rule(q, k, v, w0, impl=impl, chunk=4, z0=z0))
+    o, w, qz, z = run(q, k, v, w0, z0)
+    z64 = np.asarray(z0, np.float64)[:, :, None] + np.cumsum(np.asarray(k, np.float64), axis=2)
+    np.testing.assert_allclose(
+        qz, np.sum(np.asarray(q, np.float64) * z64, -1), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(z, z64[:, :, -1], rtol=1e-5, atol=1e-5)
+    o_plain, w_plain = la.sum_rule(q, k, v, w0, impl=impl, chunk=4)
+    np.testing.assert_allclose(o, o_plain, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(w, w_plain, rtol=1e-6, atol=1e-6)
+
+    def with_z(q, k):
+        return jnp.sum(la.sum_rule(q, k, v, w0, impl=impl, chunk=4, z0=z0)[2] ** 2)
+
+    def ones_column(q, k):
+        ones = jnp.ones((*v.shape[:3], 1))
+        return jnp.sum(la.sum_rule(q, k, ones, z0[..., None], impl="recurrent")[0][..., 0] ** 2)
+
+    grads = jax.grad(with_z, (0, 1))(q, k), jax.grad(ones_column, (0, 1))(q, k)
+    for g, e in zip(*grads, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
