@@ -34,6 +34,9 @@ comment calls True the best setting: D.B 3, and Table 3's best medium ablation d
   cpu    4 layers, d_model 256, 8 heads of 32, d_ff 1024, batch 8 x 256 bytes of the stdlib
          corpus, 2,000 steps: the benchmark shape; delta_linear by default, any other with
          `:cpu,attn=<attn>` (or --config.model.feature_map / update_rule).
+         On WikiText-2 (README, results; --config.data.name=text with train_path valid.txt,
+         test_path test.txt), test bpc with --config.eval.protocol=segments after 2,000 steps:
+         softmax 2.222, linear 2.540, delta_linear 2.585.
   tiny   seconds; for tests (also `:tiny,attn=<attn>`).
 
   python -m lmjax.main --config=configs/fast_weights.py:small_delta_linear \
