@@ -12,7 +12,7 @@ scaled by the exact 1/(1 - p'). Masks differ from flax's for the same key.
 Its random bits do not come from threefry element by element. At CPU scale that was the largest
 non-matmul cost of a training step: threefry (20 rounds per pair of 32-bit words) took 5.8 ms
 for one 2048 x 1024 mask on this 2-core CPU, ~13% of the fast-weight `cpu` step, which draws
-four such masks and eight smaller ones; with flax's one-word-per-element Bernoulli it was about
+four such masks and ten smaller ones; with flax's one-word-per-element Bernoulli it was about
 a fifth of SHA-RNN's step. `random_bits16` draws a 64-bit seed with one threefry call and gives
 each element the top 16 bits of a keyed counter hash of its flat index (`_hash32`: two rounds of
 the "lowbias32" mixer, constants from Wellons' hash-prospector search as improved by

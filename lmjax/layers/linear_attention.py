@@ -211,12 +211,29 @@ def _sum_chunkwise(q, k, v, w0, chunk, z0=None):
     o = o.reshape(o.shape[0], o.shape[1], -1, o.shape[-1])[:, :, :t]
     if z0 is None:
         return o, w0 + total[:, :, -1]
-    # The normaliser shares the scores: q_t·z_t = q_t·z_chunk + Σ_{s≤c} q_c·k_s.
+    return (o, w0 + total[:, :, -1], *_chunk_normaliser(q, k, scores, z0, t))
+
+
+def _chunk_normaliser(q, k, scores, z0, t):
+    """q_t·z_t, z_t = z0 + Σ_{τ≤t} k_τ, from chunked q, k [b, h, n, c, k] and their causal
+    scores [b, h, n, c, c]: q_t·z_t = q_t·z_(chunk start) + Σ_{s≤c} q_c·k_s (the row sums).
+    Returns (qz [b, h, t], z_T [b, h, k])."""
     k_sum = jnp.sum(k, axis=3)  # [b, h, n, k]
     z_total = jnp.cumsum(k_sum, axis=2)
     qz = jnp.einsum("bhnck,bhnk->bhnc", q, z0[:, :, None] + z_total - k_sum) + scores.sum(-1)
-    qz = qz.reshape(qz.shape[0], qz.shape[1], -1)[:, :, :t]
-    return o, w0 + total[:, :, -1], qz, z0 + z_total[:, :, -1]
+    return qz.reshape(qz.shape[0], qz.shape[1], -1)[:, :, :t], z0 + z_total[:, :, -1]
+
+
+def normaliser(q, k, z0, *, chunk=64):
+    """The linear-attention normaliser alone: (q_t·z_t [b, h, t], z_T [b, h, k]) with
+    z_t = z0 + Σ_{τ≤t} k_τ (read after write), chunkwise. For rules whose own state is not
+    the sum rule's (the delta rule's normaliser sums the unweighted keys)."""
+    q, k, z0 = (x.astype(jnp.float32) for x in (q, k, z0))
+    t = q.shape[2]
+    q, k = _chunks(chunk, *_pad_time(chunk, q, k))
+    causal = jnp.tril(jnp.ones((chunk, chunk), bool))
+    scores = jnp.where(causal, jnp.einsum("bhnck,bhnsk->bhncs", q, k), 0.0)
+    return _chunk_normaliser(q, k, scores, z0, t)
 
 
 def sum_rule(q, k, v, w0=None, *, impl="auto", chunk=64, unroll=1, z0=None):

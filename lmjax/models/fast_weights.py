@@ -310,21 +310,20 @@ class _Attention(nn.Module):
         c = self.config
         q, k = la.sum_norm(q), la.sum_norm(k)
         normalise = not c.skip_attn_normalization
-        ones = jnp.ones((*v.shape[:3], 1), jnp.float32)
-        # q·z_t with z_t = z0 + Σ_{τ≤t} k̄_τ (not β-weighted): the sum rule with values 1.
-        running = lambda x: la.sum_rule(x, k, ones, z0[..., None], impl="chunkwise",
-                                        chunk=c.chunk_size)  # fmt: skip
-        qz, z = running(q)
+        # q·z_t with z_t = z0 + Σ_{τ≤t} k̄_τ (not β-weighted).
+        qz, z = la.normaliser(q, k, z0, chunk=c.chunk_size)
         k_write, beta_write = k, beta
         if c.attn_norm and normalise:
-            kd = running(k)[0][..., 0] - jnp.einsum("bhtk,bhtk->bht", k, k)  # z_{t-1}·k̄_t
+            kd = la.normaliser(k, k, z0, chunk=c.chunk_size)[0] - jnp.einsum(
+                "bhtk,bhtk->bht", k, k
+            )  # z_{t-1}·k̄_t
             first = jnp.where(fresh[:, None], 1.0, kd[:, :, 0])  # kd_1 = 1 from a fresh state
             kd = kd.at[:, :, 0].set(first)
             beta_write, k_write = beta * kd, k / (kd[..., None] + _EPS)
         o, w = la.delta_rule(q, k_write, v, beta_write, w0, **self._rule_kwargs())
         if normalise:
-            o = o / (qz + _EPS)
-        return o, (w, z[..., 0])
+            o = o / (qz[..., None] + _EPS)
+        return o, (w, z)
 
 
 class _Layer(nn.Module):

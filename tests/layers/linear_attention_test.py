@@ -172,8 +172,9 @@ def test_feature_maps():
 
 @pytest.mark.parametrize("impl", la.IMPLS)
 def test_sum_rule_normaliser(impl):
-    """z0 given: q_t·z_t and z_t, z_t = z0 + Σ_{τ≤t} k_τ, against float64 numpy; values and
-    W unchanged; gradients flow through qz like through o (vs a ones column of values)."""
+    """z0 given: q_t·z_t and z_t, z_t = z0 + Σ_{τ≤t} k_τ, against float64 numpy, and equal to
+    `normaliser` alone; values and W unchanged; gradients flow through qz like through o
+    (against a ones column of values)."""
     q, k, v, _, w0 = _inputs(6)
     z0 = jnp.abs(jax.random.normal(jax.random.PRNGKey(9), w0.shape[:3]))
     run = jax.jit(lambda q, k, v, w0, z0: la.sum_rule(q, k, v, w0, impl=impl, chunk=4, z0=z0))
@@ -183,6 +184,9 @@ def test_sum_rule_normaliser(impl):
         qz, np.sum(np.asarray(q, np.float64) * z64, -1), rtol=1e-5, atol=1e-5
     )
     np.testing.assert_allclose(z, z64[:, :, -1], rtol=1e-5, atol=1e-5)
+    qz_alone, z_alone = la.normaliser(q, k, z0, chunk=4)  # the normaliser without values
+    np.testing.assert_allclose(qz_alone, qz, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(z_alone, z, rtol=1e-5, atol=1e-5)
     o_plain, w_plain = la.sum_rule(q, k, v, w0, impl=impl, chunk=4)
     np.testing.assert_allclose(o, o_plain, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(w, w_plain, rtol=1e-6, atol=1e-6)
