@@ -42,10 +42,11 @@ def _inputs(seed, b=2, h=2, t=13, dk=6, dv=5, with_state=True):
     return q, k, v, beta, w0
 
 
-def _rule(rule, impl, chunk=4):
+def _rule(rule, impl, chunk=4, groups=None):
+    kw = dict(impl=impl, chunk=chunk, groups=groups)
     if rule == "sum":
-        return lambda q, k, v, beta, w0: la.sum_rule(q, k, v, w0, impl=impl, chunk=chunk)
-    return lambda q, k, v, beta, w0: la.delta_rule(q, k, v, beta, w0, impl=impl, chunk=chunk)
+        return lambda q, k, v, beta, w0: la.sum_rule(q, k, v, w0, **kw)
+    return lambda q, k, v, beta, w0: la.delta_rule(q, k, v, beta, w0, **kw)
 
 
 def _loss(fn, cot_o, cot_w):
@@ -67,16 +68,23 @@ def test_rule_equals_float64_loop(rule, impl, with_state):
     np.testing.assert_allclose(w, w64, rtol=1e-5, atol=1e-5)
 
 
+def _plain_scan(rule, q, k, v, beta, w0):
+    """The recurrent form's forward scan (time-major inside) without its custom VJP."""
+    tm = lambda x: jnp.moveaxis(x, 2, 0)
+    if rule == "sum":
+        o, w = la._sum_forward(tm(q), tm(k), tm(v), w0)
+    else:
+        o, w, _ = la._delta_forward(tm(q), tm(k), tm(v), tm(beta), w0)
+    return jnp.moveaxis(o, 0, 2), w
+
+
 def _grads64(rule, args, cot_o, cot_w):
     """Gradients of Σ o·cot_o + Σ W·cot_w by float64 autodiff through the plain scan."""
     with jax.enable_x64():
         args64 = tuple(jnp.asarray(np.asarray(a), jnp.float64) for a in args)
 
         def fn(q, k, v, beta, w0):
-            if rule == "sum":
-                o, w = la._sum_forward(q, k, v, w0)
-            else:
-                o, w, _ = la._delta_forward(q, k, v, beta, w0)
+            o, w = _plain_scan(rule, q, k, v, beta, w0)
             return jnp.sum(o * cot_o) + jnp.sum(w * cot_w)
 
         grads = jax.grad(fn, argnums=(0, 1, 2, 3, 4))(*args64)
@@ -110,14 +118,31 @@ def test_custom_vjp_equals_autodiff_of_scan(rule):
     cot_w = jnp.ones_like(args[4])
 
     def plain(q, k, v, beta, w0):
-        if rule == "sum":
-            return la._sum_forward(q, k, v, w0)
-        return la._delta_forward(q, k, v, beta, w0)[:2]
+        return _plain_scan(rule, q, k, v, beta, w0)
 
     fast = jax.grad(_loss(_rule(rule, "recurrent"), cot_o, cot_w), argnums=(0, 1, 2, 3, 4))
     slow = jax.grad(_loss(plain, cot_o, cot_w), argnums=(0, 1, 2, 3, 4))
     for g, e in zip(jax.jit(fast)(*args), jax.jit(slow)(*args), strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rule", la.UPDATE_RULES)
+def test_head_groups_are_the_same_computation(rule):
+    """The recurrent form split into independent scans over head groups (what `scan_groups`
+    picks per backend) gives the numbers and gradients of one scan over all heads."""
+    args = _inputs(6, h=4)
+    cot_o = jax.random.normal(jax.random.PRNGKey(5), args[0].shape[:3] + (args[2].shape[-1],))
+    cot_w = jax.random.normal(jax.random.PRNGKey(6), args[4].shape)
+    results = []
+    for groups in (1, 2, args[0].shape[1]):
+        fn = _rule(rule, "recurrent", groups=groups)
+        results.append((fn(*args), jax.grad(_loss(fn, cot_o, cot_w), argnums=(0, 1, 2, 3, 4))(*args)))
+    for other in results[1:]:
+        for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(other), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="do not divide"):
+        _rule(rule, "recurrent", groups=3)(*args)
+    assert la.scan_groups(8) in (1, 2, 4, 8) and 8 % la.scan_groups(8) == 0
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 13, 16])
@@ -150,7 +175,17 @@ def test_feature_maps():
     # DPFP ν = 2 by the definition, with torch.roll's direction.
     u = np.concatenate([np.maximum(x, 0), np.maximum(-x, 0)], -1)
     want = np.concatenate([u * np.roll(u, 1, -1), u * np.roll(u, 2, -1)], -1)
-    np.testing.assert_allclose(la.dpfp(x, 2), want, rtol=1e-6)
+    np.testing.assert_array_equal(la.dpfp(x, 2), want)  # the selection matmul is exact
+
+    def by_rolls(x, n_roll):  # the definition, through autodiff of concatenate and roll
+        u = jnp.concatenate([jax.nn.relu(x), jax.nn.relu(-x)], -1)
+        return jnp.concatenate([u * jnp.roll(u, i, -1) for i in range(1, n_roll + 1)], -1)
+
+    for n_roll in (1, 2, 3):
+        cot = jax.random.normal(jax.random.PRNGKey(n_roll), (3, 8 * n_roll))
+        grads = [jax.grad(lambda x: jnp.sum(f(x, n_roll) * cot))(x) for f in (la.dpfp, by_rolls)]
+        np.testing.assert_array_equal(la.dpfp(x, n_roll), by_rolls(x, n_roll))
+        np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6, atol=1e-6)
     assert la.feature_dim("dpfp", 4, n_roll=2) == 16 and la.feature_dim("performer", 4, 3) == 6
     proj = la.orthogonal_random_matrix(jax.random.PRNGKey(1), 4, 3)
     assert proj.shape == (4, 3)
