@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmjax.layers import attention, core
+from lmjax.layers import attention, core, gates
 from lmjax.models import base
 
 _LN_EPS = 1e-5
@@ -57,6 +57,11 @@ class TransformerXLConfig:
     dtype: str = "float32"  # compute dtype; params, LN, softmax, loss and memories stay float32
     fused_attention: bool = True  # jax.nn.dot_product_attention when dropout_attn is off
     kv_cache: bool = False  # carry projected keys/values instead of layer inputs (decoding)
+    # Hard-Concrete gates on every layer's heads (layers/gates.py, the Story of Heads' gate): the
+    # loss gains head_gate_coef x the mean over layers of Σ_h P(g_h ≠ 0); aux "open_heads" counts
+    # the heads whose eval gate is not 0.
+    head_gates: bool = False
+    head_gate_coef: float = 0.1  # λ (the reference's example `concrete_coef`)
 
 
 class TransformerXLCarry(NamedTuple):
@@ -92,11 +97,13 @@ class _RelPartialAttention(nn.Module):
     dropout_attn: float
     dtype: jnp.dtype
     fused: bool
+    head_gates: bool = False
 
     @nn.compact
     def __call__(self, h, memory, r, u, v_bias, mask, *, train):
         """h: [b, t, d]; memory: [b, m, d] float32 or KVCache; r: [s, d] positions (descending);
-        u, v_bias: [h, k]; mask: [b, t, s] bool. Returns ([b, t, d] float32, next KVCache)."""
+        u, v_bias: [h, k]; mask: [b, t, s] bool. Returns ([b, t, d] float32, next KVCache,
+        gates.GateStats or None)."""
         b, t, d = h.shape
         nh, hk = self.num_heads, self.head_dim
         dense = lambda n, name: nn.Dense(
@@ -129,9 +136,12 @@ class _RelPartialAttention(nn.Module):
             dropout=drop_attn,
             fused=self.fused,
         )
+        stats = None
+        if self.head_gates:  # each head's context, before the heads are combined
+            out, stats = gates.HeadGate(nh, name="gate")(out, train=train)
         out = dense(d, "o_net")(out.reshape(b, t, nh * hk))
         out = core.Dropout(self.dropout_rate)(out, deterministic=not train)
-        return layer_norm("layer_norm")(h + out.astype(jnp.float32)), next_cache
+        return layer_norm("layer_norm")(h + out.astype(jnp.float32)), next_cache, stats
 
 
 class FeedForward(nn.Module):
@@ -170,10 +180,11 @@ class _DecoderLayer(nn.Module):
             c.dropout_attn,
             dtype,
             c.fused_attention,
+            c.head_gates,
             name="attn",
         )
-        h, kv = attn(h, memory, r, u, v_bias, mask, train=train)
-        return FeedForward(c.d_ff, c.dropout_rate, dtype, name="ff")(h, train=train), kv
+        h, kv, stats = attn(h, memory, r, u, v_bias, mask, train=train)
+        return FeedForward(c.d_ff, c.dropout_rate, dtype, name="ff")(h, train=train), kv, stats
 
 
 class TransformerXL(base.Family):
@@ -184,6 +195,14 @@ class TransformerXL(base.Family):
     """
 
     config: TransformerXLConfig
+
+    @property
+    def rng_streams(self):
+        return ("dropout", gates.RNG_STREAM) if self.config.head_gates else ("dropout",)
+
+    @property
+    def aux_losses(self):
+        return ("l0_penalty",) if self.config.head_gates else ()
 
     def init_carry(self, batch_size):
         c = self.config
@@ -197,7 +216,8 @@ class TransformerXL(base.Family):
 
     @nn.compact
     def __call__(self, tokens, carry=None, *, train):
-        """tokens: [b, t] int. Returns (logits [b, t, v] float32, carry, aux {})."""
+        """tokens: [b, t] int. Returns (logits [b, t, v] float32, carry, aux): aux is {}, or
+        with head_gates {"l0_penalty": λ·L0, "open_heads": heads with an open eval gate}."""
         c = self.config
         b, t = tokens.shape
         assert c.d_model % 2 == 0, "the sinusoid needs an even d_model"
@@ -218,14 +238,15 @@ class TransformerXL(base.Family):
         u = self.param("r_w_bias", _INIT, (c.num_heads, c.head_dim))
         v_bias = self.param("r_r_bias", _INIT, (c.num_heads, c.head_dim))
         mask = attention.memory_causal_mask(t, m, carry.mem_count)
-        new_memory = []
+        new_memory, gate_stats = [], []
         for i in range(c.num_layers):
             mem_i = carry.memory[i]
             if not c.kv_cache:
                 # The memory is what layer i saw as input; it never carries gradient.
                 new_memory.append(attention.append_memory(mem_i, carry.mem_count, h)[0])
             layer = _DecoderLayer(c, name=f"layer_{i}")
-            h, kv = layer(h, mem_i, r, u, v_bias, mask, train=train)
+            h, kv, stats = layer(h, mem_i, r, u, v_bias, mask, train=train)
+            gate_stats.append(stats)
             if c.kv_cache:
                 new_memory.append(kv)
         h = drop(h)
@@ -233,4 +254,10 @@ class TransformerXL(base.Family):
         logits = embed.attend(h.astype(jnp.float32)) + bias[None, None, :]
         mem_count = jnp.minimum(carry.mem_count + t, m)
         new_memory = jax.lax.stop_gradient(tuple(new_memory))
-        return logits, TransformerXLCarry(new_memory, mem_count), {}
+        aux = {}
+        if c.head_gates:
+            aux = {
+                "l0_penalty": c.head_gate_coef * gates.l0_penalty(gate_stats),
+                "open_heads": sum(s.open for s in gate_stats).astype(jnp.float32),
+            }
+        return logits, TransformerXLCarry(new_memory, mem_count), aux

@@ -136,7 +136,9 @@ def test_head_groups_are_the_same_computation(rule):
     results = []
     for groups in (1, 2, args[0].shape[1]):
         fn = _rule(rule, "recurrent", groups=groups)
-        results.append((fn(*args), jax.grad(_loss(fn, cot_o, cot_w), argnums=(0, 1, 2, 3, 4))(*args)))
+        results.append(
+            (fn(*args), jax.grad(_loss(fn, cot_o, cot_w), argnums=(0, 1, 2, 3, 4))(*args))
+        )
     for other in results[1:]:
         for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(other), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
@@ -183,7 +185,10 @@ def test_feature_maps():
 
     for n_roll in (1, 2, 3):
         cot = jax.random.normal(jax.random.PRNGKey(n_roll), (3, 8 * n_roll))
-        grads = [jax.grad(lambda x: jnp.sum(f(x, n_roll) * cot))(x) for f in (la.dpfp, by_rolls)]
+        grads = [
+            jax.grad(lambda x, f=f, n=n_roll, c=cot: jnp.sum(f(x, n) * c))(x)
+            for f in (la.dpfp, by_rolls)
+        ]
         np.testing.assert_array_equal(la.dpfp(x, n_roll), by_rolls(x, n_roll))
         np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6, atol=1e-6)
     assert la.feature_dim("dpfp", 4, n_roll=2) == 16 and la.feature_dim("performer", 4, 3) == 6

@@ -11,6 +11,7 @@ import pytest
 from configs import transformer_xl as txl_config
 from lmjax import models, optim, tasks, train
 from lmjax import state as state_lib
+from lmjax.layers import gates
 from tests.models import family
 
 _model = functools.partial(family.tiny_model, txl_config)
@@ -203,3 +204,42 @@ def test_param_count_matches_the_reference():
     init = lambda: model.init(jax.random.PRNGKey(0), _tokens(1, 4), None, train=False)
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(jax.eval_shape(init)))
     assert abs(count / 1e6 - 41.08) < 0.01, count
+
+
+def test_head_gates_train_and_report_open_heads(tmp_path):
+    """`model.head_gates`: the Story of Heads' Hard-Concrete gate on a language model's heads.
+    Through the trainer, the L0 term (aux `l0_penalty`, in the loss) falls as the gates learn
+    and every logged step reports the heads whose eval gate is open; evaluation is
+    deterministic; off, the model has no gate parameters."""
+    from lmjax import writers
+
+    config = txl_config.get_config("tiny")
+    config.model.head_gates = True
+    config.model.head_gate_coef = 1.0
+    config.optim.learning_rate = 3e-2  # let the gates move within a few steps
+    config.train.num_steps = 24
+    config.train.log_every = 6
+    config.train.eval_every = config.train.checkpoint_every = 24
+    train.train_and_evaluate(config, tmp_path)
+    events = [e for e in writers.read_metrics(tmp_path) if e["split"] == "train"]
+    heads = config.model.num_layers * config.model.num_heads
+    assert len(events) == 4
+    assert all(0 <= e["open_heads"] <= heads and e["l0_penalty"] > 0 for e in events)
+    assert events[-1]["l0_penalty"] < events[0]["l0_penalty"]
+
+    model = models.get_model(config)
+    tokens = _tokens(2, 9)
+    params = model.init(jax.random.PRNGKey(0), tokens, train=False)["params"]
+    assert params["layer_0"]["attn"]["gate"]["log_a"].shape == (config.model.num_heads,)
+    run = jax.jit(lambda p: model.apply({"params": p}, tokens, train=False))
+    (a, _, aux_a), (b, _, _) = run(params), run(params)
+    np.testing.assert_array_equal(a, b)
+    assert float(aux_a["open_heads"]) == float(
+        sum(
+            jnp.sum(gates.eval_gate(params[f"layer_{i}"]["attn"]["gate"]["log_a"]) != 0)
+            for i in range(config.model.num_layers)
+        )
+    )
+    config.model.head_gates = False
+    plain = models.get_model(config).init(jax.random.PRNGKey(0), tokens, train=False)["params"]
+    assert "gate" not in plain["layer_0"]["attn"]
