@@ -73,6 +73,9 @@ def base_config():
     config.optim.eps = 1e-8
     config.optim.min_trust = 0.25  # lamb only
     config.optim.max_weight_norm = 10.0  # lamb only
+    # fnmatch patterns over parameter paths ("layer_0/attn/gate/log_a"): only these train, the
+    # rest get zero updates and no optimizer state; empty: all train.
+    config.optim.trainable = ()
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 16  # global, over all devices and hosts

@@ -40,6 +40,7 @@ lr_max c / W, and from W on lr_max (1 + cos(pi c / T)) / 2 with T = decay_steps 
 update 0 (the warmup is not subtracted) and floor 0.
 """
 
+import fnmatch
 import math
 from typing import NamedTuple
 
@@ -332,7 +333,7 @@ def make_optimizer(optim_cfg) -> tuple[optax.GradientTransformation, optax.Sched
     elif name == "adamw":
         tx = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=wd)
     elif name == "adagrad":
-        return adagrad_per_tensor_clip(schedule, grad_clip=clip), schedule
+        tx, clip = adagrad_per_tensor_clip(schedule, grad_clip=clip), 0.0  # its clip is its own
     elif name == "sgd":
         tx = optax.sgd(schedule)
     elif name == "radam":
@@ -341,4 +342,34 @@ def make_optimizer(optim_cfg) -> tuple[optax.GradientTransformation, optax.Sched
         raise UserError(f"unknown optim.name {name!r}; allowed: {', '.join(OPTIMIZERS)}")
     if clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
-    return tx, schedule
+    return _only_trainable(tx, tuple(optim_cfg.get("trainable", ()) or ())), schedule
+
+
+def param_path(path):
+    """'layer_0/attn/gate/log_a' for a tree_map_with_path key path of the params."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _only_trainable(tx, patterns):
+    """`tx` on the parameters whose path matches one of the fnmatch `patterns`
+    (`optim.trainable`; empty: all of them), zero updates and no optimizer state for the rest.
+    The Story of Heads' encoder-only pruning trains `['emb_inp*', 'enc*']` this way (C.4: the
+    reference's optimizer `variables` patterns), so the global-norm clip, when there is one,
+    sees the trained gradients only, as TF's optimizer over a variable list does."""
+    if not patterns:
+        return tx
+
+    def labels(params):
+        paths = jax.tree_util.tree_map_with_path(lambda p, _: param_path(p), params)
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(x, pattern) for x in jax.tree.leaves(paths)):
+                raise UserError(
+                    f"optim.trainable pattern {pattern!r} matches no parameter (paths look like "
+                    f"{jax.tree.leaves(paths)[0]!r})"
+                )
+        return jax.tree.map(
+            lambda x: "train" if any(fnmatch.fnmatchcase(x, p) for p in patterns) else "frozen",
+            paths,
+        )
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

@@ -317,3 +317,22 @@ def test_cosine_torch_wt103_warms_up_from_zero():
         lr = (1 + math.cos(math.pi * e / total)) / (1 + math.cos(math.pi * (e - 1) / total)) * lr
     np.testing.assert_allclose(_lrs(cfg, range(total)), want, rtol=2e-6, atol=1e-9)
     assert want[0] == 0.0
+
+
+def test_trainable_patterns_freeze_the_rest():
+    """optim.trainable (C.4's freezing): matched parameters follow the optimizer as if they were
+    the only ones (the global-norm clip included), the rest never move and hold no moments."""
+    params = {"enc": {"w": jnp.ones(3)}, "dec": {"w": jnp.ones(3), "b": jnp.zeros(2)}}
+    grads = {"enc": {"w": jnp.array([3.0, 0.0, 4.0])}, "dec": {"w": jnp.ones(3), "b": jnp.ones(2)}}
+    cfg = _cfg(name="adam", grad_clip=1.0, eps=1.0, learning_rate=0.1, trainable=("enc/*",))
+    tx, _ = optim.make_optimizer(cfg)
+    new = _run(tx, params, [grads, grads])
+    alone, _ = optim.make_optimizer(_cfg(name="adam", grad_clip=1.0, eps=1.0, learning_rate=0.1))
+    want = _run(alone, {"enc": params["enc"]}, [{"enc": grads["enc"]}] * 2)
+    np.testing.assert_allclose(new["enc"]["w"], want["enc"]["w"], rtol=1e-7)
+    for k in ("w", "b"):
+        np.testing.assert_array_equal(new["dec"][k], params["dec"][k])
+    moments = sum(x.size for x in jax.tree.leaves(tx.init(params)) if getattr(x, "ndim", 0) > 0)
+    assert moments == 2 * 3  # m and v of enc/w only
+    with pytest.raises(UserError, match="optim.trainable pattern 'emb_inp\\*' matches no"):
+        optim.make_optimizer(_cfg(name="adam", trainable=("emb_inp*",)))[0].init(params)
