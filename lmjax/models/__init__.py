@@ -7,7 +7,16 @@ Every family subclasses `models.base.Family` (the interface the trainer and task
 import dataclasses
 
 from lmjax.errors import UserError
-from lmjax.models import adaptive_span, base, fast_weights, sha_rnn, sru, sru_pp, transformer_xl
+from lmjax.models import (
+    adaptive_span,
+    base,
+    fast_weights,
+    sha_rnn,
+    sru,
+    sru_pp,
+    story_of_heads,
+    transformer_xl,
+)
 
 MODELS = {
     "sha_rnn": (sha_rnn.ShaRNN, sha_rnn.ShaRNNConfig),
@@ -16,6 +25,7 @@ MODELS = {
     "transformer_xl": (transformer_xl.TransformerXL, transformer_xl.TransformerXLConfig),
     "adaptive_span": (adaptive_span.AdaptiveSpan, adaptive_span.AdaptiveSpanConfig),
     "fast_weights": (fast_weights.FastWeightsLM, fast_weights.FastWeightsConfig),
+    "story_of_heads": (story_of_heads.StoryOfHeads, story_of_heads.StoryOfHeadsConfig),
 }
 
 
