@@ -274,6 +274,19 @@ class PairBatches:
         object.__setattr__(self, "_cache", (epoch, batches))
         return batches
 
+    def in_order(self):
+        """Evaluation batches: every pair once, sorted by length (no shuffle), as
+        (pair indices, arrays) in the bucket shapes."""
+        lengths = [max(len(s), len(t)) for s, t in zip(self.src, self.tgt, strict=True)]
+        order = np.argsort(lengths, kind="stable")
+        by_bucket = {}
+        for i in order:
+            by_bucket.setdefault(self._bucket_of(lengths[i]), []).append(int(i))
+        for length, idx in sorted(by_bucket.items()):
+            n = self.rows(length)
+            for j in range(0, len(idx), n):
+                yield idx[j : j + n], self.assemble(length, idx[j : j + n])
+
     def batches_per_epoch(self, epoch=0):
         return len(self._epoch(epoch))
 

@@ -4,9 +4,9 @@
 """
 
 from lmjax.errors import UserError
-from lmjax.tasks import base, lm
+from lmjax.tasks import base, lm, translation
 
-TASKS = {"lm": lm.LMTask}
+TASKS = {"lm": lm.LMTask, "translation": translation.TranslationTask}
 
 
 def register(name, cls):
