@@ -8,8 +8,9 @@ import sys
 from absl import flags
 
 _HELP = """usage: python -m lmjax.main --config=configs/FAMILY.py[:VARIANT] --workdir=DIR
-           [--mode=train|eval|generate|show_config] [--config.SECTION.FIELD=VALUE ...]
+           [--mode=train|eval|generate|translate|show_config] [--config.SECTION.FIELD=VALUE ...]
            [--prompt=TEXT --length=N --temperature=T --top_k=K]      (generate)
+           [--input=FILE|-]                                           (translate)
 
   --mode=show_config prints the config's fields (what --config.SECTION.FIELD can set) and the
   config file's description, which lists its variants. The README has the details.

@@ -72,3 +72,17 @@ def run_generate(config, workdir, **options):
         config, workdir, mesh, task=task, model=model
     )
     return task.generate(model, params, **options)
+
+
+def run_translate(config, workdir, *, input):
+    """--mode=translate: the task translates the lines of `input` (a file, or '-' for stdin)
+    with the best (else latest) checkpoint; prints and returns the translations."""
+    from lmjax import evaluate, models, sharding, tasks
+
+    task, model = tasks.get_task(config), models.get_model(config)
+    task.check_translate_options(model, input)  # before any checkpoint is read
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    task, model, params, _, _ = evaluate.restore_for_inference(
+        config, workdir, mesh, task=task, model=model
+    )
+    return task.translate(model, params, input)

@@ -1,9 +1,9 @@
 """Command line: `python -m lmjax.main --config=configs/sha_rnn.py:cpu --workdir=DIR`.
 
 Modes: train (resumes when DIR has checkpoints), eval (best or latest checkpoint on the full
-valid and test splits), generate (a sampled continuation of --prompt), show_config (the fields
-and variants of --config). A user mistake prints one line and exits with status 2; see
-lmjax/errors.py and lmjax/cli.py.
+valid and test splits), generate (a sampled continuation of --prompt), translate (the lines of
+--input, for translation configs), show_config (the fields and variants of --config). A user
+mistake prints one line and exits with status 2; see lmjax/errors.py and lmjax/cli.py.
 """
 
 import sys
@@ -19,7 +19,10 @@ config_flags.DEFINE_config_file(
     "config", None, "Experiment config file[:variant].", lock_config=True
 )
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard logs.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "generate", "show_config"], "What to do.")
+flags.DEFINE_enum(
+    "mode", "train", ["train", "eval", "generate", "translate", "show_config"], "What to do."
+)
+flags.DEFINE_string("input", None, "translate: a file of source sentences, one a line; - = stdin.")
 flags.DEFINE_string("prompt", "", "generate: the text to continue.")
 flags.DEFINE_integer("length", 200, "generate: tokens (bytes or words) to sample.")
 flags.DEFINE_float("temperature", 1.0, "generate: softmax temperature (0 = greedy).")
@@ -56,6 +59,8 @@ def main(argv):
                 sys.exit(128 + summary["interrupted"])
         elif FLAGS.mode == "eval":
             evaluate.run_eval(config, workdir)
+        elif FLAGS.mode == "translate":
+            generate.run_translate(config, workdir, input=FLAGS.input)
         else:
             generate.run_generate(
                 config,

@@ -4,7 +4,7 @@ exactly, evaluates BLEU with greedy decoding, and reports its open heads."""
 import pytest
 
 from configs import story_of_heads as soh_config
-from lmjax import train, writers
+from lmjax import generate, train, writers
 from lmjax.errors import UserError
 from tests.data.translation_test import _corpus, _write
 
@@ -47,6 +47,15 @@ def test_tiny_translation_trains_resumes_and_scores_bleu(tmp_path):
     whole = {e["step"]: e["loss"] for e in train_rows}
     assert again[10] == whole[10] and again[30] == whole[30]
 
+    # --mode=translate: one detokenised line per input line, as the task's own decoder gives.
+    lines = _corpus(5, seed=3)[0] + [""]
+    out = generate.run_translate(
+        config, tmp_path / "whole", input=_write(tmp_path / "in.en", lines)
+    )
+    assert len(out) == len(lines) and all(isinstance(x, str) for x in out)
+    with pytest.raises(UserError, match="--mode=translate needs --input"):
+        generate.run_translate(config, tmp_path / "whole", input=None)
+
 
 def test_vocabulary_must_match_the_model(tmp_path):
     config = _config(tmp_path)
@@ -57,3 +66,10 @@ def test_vocabulary_must_match_the_model(tmp_path):
     config.data.valid_tgt = _write(tmp_path / "short.de", ["x"])
     with pytest.raises(UserError, match="has 50 lines but .*short.de has 1"):
         train.train_and_evaluate(config, tmp_path / "w")
+
+
+def test_language_models_have_no_translate_mode(tmp_path):
+    from configs import sha_rnn
+
+    with pytest.raises(UserError, match="task LMTask has no --mode=translate"):
+        generate.run_translate(sha_rnn.get_config("tiny"), tmp_path, input="x")

@@ -27,6 +27,9 @@ logging; it names no field of any task. A Task owns the rest:
   check_generate_options(model, **options), generate(model, params, **options)
                               decoding for --mode=generate (options checked before the
                               restore); prints and returns the text.
+  check_translate_options(model, input), translate(model, params, input)
+                              --mode=translate (sequence-to-sequence tasks): translates the
+                              lines of file `input` ('-': stdin), prints and returns them.
 
 and the class attributes `metric` (the headline metric: progress bar, eval print), `rank_by`
 (the validation metric that picks best/), `higher_is_better`, and `eval_splits`.
@@ -90,6 +93,15 @@ class Task:
     def generate(self, model, params, **options):
         del model, params, options
         raise UserError(f"task {type(self).__name__} has no --mode=generate")
+
+    def check_translate_options(self, model, input):
+        """Raises a UserError for a bad --mode=translate option, before any checkpoint is read."""
+        del model, input
+        raise UserError(f"task {type(self).__name__} has no --mode=translate")
+
+    def translate(self, model, params, input):
+        del model, params, input
+        raise UserError(f"task {type(self).__name__} has no --mode=translate")
 
     def better(self, value, best):
         """Whether validation `value` of `rank_by` beats `best` (None: nothing yet)."""

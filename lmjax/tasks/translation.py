@@ -14,8 +14,13 @@ gates: sacreBLEU on detokenised text (`bleu`, the headline and what ranks checkp
 reference's tokenised lowercase BLEU-4 (`bleu_tok`, C.7). Every pair of an evaluation split is
 scored (only training drops pairs longer than `data.max_len`).
 
-Not yet: beam search (C.6), `--mode=translate`, several processes in evaluation.
+`--mode=translate --input=FILE` (or `-` for stdin) prints the greedy translation of every line.
+
+Not yet: beam search (C.6), several processes in evaluation.
 """
+
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -176,4 +181,18 @@ class TranslationTask(base.Task):
             rows = np.asarray(decoding.greedy(model, params, arrays["src"], arrays["src_mask"]))
             for i, row in zip(idx, rows, strict=False):
                 out[i] = tgt_voc.decode(row)
+        return out
+
+    def check_translate_options(self, model, input):
+        del model
+        if not input:
+            raise UserError("--mode=translate needs --input=FILE (one sentence a line; - = stdin)")
+        if input != "-" and not os.path.isfile(os.path.expanduser(input)):
+            raise UserError(f"--input: no file {input!r}")
+
+    def translate(self, model, params, input):
+        lines = sys.stdin.read().splitlines() if input == "-" else tr.read_lines(input, "--input")
+        out = self.translate_lines(model, params, lines) if lines else []
+        for line in out:
+            print(line)
         return out
