@@ -25,7 +25,7 @@ after a linear warmup W: lr(step) = 4 (d W)^-1/2 min(step / W, (W / step)^1/2), 
 4 (d W)^-1/2 (1.40e-3 for Transformer-base, W = 16,000). Differences from the reference:
 optax's Adam adds ε to the bias-corrected √v̂ (TF: to √v before the correction, a difference
 of ε√(1-β₂ᵗ), immaterial at ε = 1e-9); embeddings update densely (the reference's LazyAdam
-updates only the rows in the batch); decoding is greedy until beam search lands.
+updates only the rows in the batch).
 """
 
 from configs import common
@@ -76,6 +76,8 @@ def get_config(arg=None):
     t.checkpoint_every = 1000
     config.eval.batch_size = 8
     config.eval.batch_len = 4000
+    config.eval.beam_size = 4  # C.6; 1 = greedy
+    config.eval.len_alpha = 0.6  # the GNMT length penalty's α
 
     if arg.variant == "multi30k":
         pass
@@ -92,6 +94,7 @@ def get_config(arg=None):
         o.warmup_steps = 10
         o.learning_rate = 3e-3
         config.eval.batch_len = 256
+        config.eval.beam_size = 2
         t.eval_steps = 2
     else:
         raise ValueError(f"unknown variant {arg.variant!r}")

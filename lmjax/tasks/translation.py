@@ -9,14 +9,16 @@ Loss: the family's label-smoothed token losses (models/story_of_heads.py `nll`) 
 target tokens (EOS included) and divided by their count; a gated model adds λ·L0 through its
 `aux_losses`. The label-smoothed loss is not a likelihood, so no perplexity is reported.
 
-Evaluation: the split's loss, and BLEU of greedy translations (lmjax/decoding.py) with the eval
-gates: sacreBLEU on detokenised text (`bleu`, the headline and what ranks checkpoints) and the
-reference's tokenised lowercase BLEU-4 (`bleu_tok`, C.7). Every pair of an evaluation split is
+Evaluation: the split's loss, and BLEU of translations by beam search (`eval.beam_size`, 4 as
+the reference; 1 = greedy; lmjax/decoding.py) with the eval gates: sacreBLEU on detokenised
+text (`bleu`, the headline and what ranks checkpoints) and the reference's tokenised lowercase
+BLEU-4 (`bleu_tok`, C.7). Every pair of an evaluation split is
 scored (only training drops pairs longer than `data.max_len`).
 
-`--mode=translate --input=FILE` (or `-` for stdin) prints the greedy translation of every line.
+`--mode=translate --input=FILE` (or `-` for stdin) prints the translation of every line.
 
-Not yet: beam search (C.6), several processes in evaluation.
+Not yet: a K/V cache for decoding (each step reruns the decoder over the output so far), several
+processes in evaluation.
 """
 
 import os
@@ -154,7 +156,7 @@ class TranslationTask(base.Task):
         for idx, arrays in bar:
             ls, n = loss_fn(params, arrays)
             loss_sum, count = loss_sum + float(ls), count + float(n)
-            out = np.asarray(decoding.greedy(model, params, arrays["src"], arrays["src_mask"]))
+            out = self._decode(model, params, arrays)
             hyps += [tgt_voc.decode(row) for row in out[: len(idx)]]
             gold += [refs[i] for i in idx]
         return {
@@ -164,9 +166,21 @@ class TranslationTask(base.Task):
             "sentences": len(hyps),
         }
 
+    def _decode(self, model, params, arrays):
+        k = int(self.config.eval.get("beam_size", 4))
+        if k <= 1:
+            return np.asarray(decoding.greedy(model, params, arrays["src"], arrays["src_mask"]))
+        tokens, _ = decoding.beam_search(
+            model, params, arrays["src"], arrays["src_mask"], beam_size=k,
+            alpha=float(self.config.eval.get("len_alpha", 0.6)),
+        )  # fmt: skip
+        return np.asarray(tokens)
+
     def eval_note(self, metrics):
         n = metrics["sentences"]
-        return f" (tokenised lowercase BLEU {metrics['bleu_tok']:.2f}, {n} sentences, greedy)"
+        k = int(self.config.eval.get("beam_size", 4))
+        how = f"beam {k}" if k > 1 else "greedy"
+        return f" (tokenised lowercase BLEU {metrics['bleu_tok']:.2f}, {n} sentences, {how})"
 
     def translate_lines(self, model, params, lines):
         """Greedy translations of source `lines` (detokenised text)."""
@@ -178,7 +192,7 @@ class TranslationTask(base.Task):
         )  # fmt: skip
         out = [""] * len(lines)
         for idx, arrays in batches.in_order():
-            rows = np.asarray(decoding.greedy(model, params, arrays["src"], arrays["src_mask"]))
+            rows = self._decode(model, params, arrays)
             for i, row in zip(idx, rows, strict=False):
                 out[i] = tgt_voc.decode(row)
         return out
