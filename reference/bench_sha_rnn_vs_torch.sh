@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-3}"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python)}"  # the README's .venv if there
 TORCH_PY="${TORCH_PY:-.venv-torch/bin/python}"
 out=$(mktemp)
 for _ in $(seq "$ROUNDS"); do
