@@ -76,6 +76,7 @@ def base_config():
     # fnmatch patterns over parameter paths ("layer_0/attn/gate/log_a"): only these train, the
     # rest get zero updates and no optimizer state; empty: all train.
     config.optim.trainable = ()
+    config.optim.lr_scale = {}  # {fnmatch pattern of parameter paths: learning-rate factor}
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 16  # global, over all devices and hosts

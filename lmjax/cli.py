@@ -2,6 +2,7 @@
 and exit status 2, --help that exits 0, and --mode=show_config."""
 
 import ast
+import json
 import os
 import sys
 
@@ -83,3 +84,42 @@ def show_config(config, flag_values=flags.FLAGS):
         doc = ast.get_docstring(ast.parse(f.read())) or ""
     print(f"# {path}\n{doc}\n\n# fields (override with --config.SECTION.FIELD=VALUE)")
     print(config)
+
+
+WORKDIR_OVERRIDES = "config_overrides.json"
+
+
+def apply_workdir_overrides(config, workdir):
+    """`config` with the fields a workdir pins (its config_overrides.json, {"model.field":
+    value}, written by `lmjax.export --prune`: the layout of the parameters it holds), said on
+    stderr; `config` itself if the workdir has none."""
+    from lmjax.errors import UserError
+
+    path = os.path.join(os.path.expanduser(workdir), WORKDIR_OVERRIDES)
+    if not os.path.isfile(path):
+        return config
+    try:
+        with open(path) as f:
+            values = json.load(f)
+        if not isinstance(values, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"{path}: unreadable ({e}); it names the fields its checkpoint needs"
+        ) from None
+    config = config.copy_and_resolve_references()
+    for key, value in values.items():
+        node = config
+        *parents, leaf = key.split(".")
+        try:
+            for part in parents:
+                node = node[part]
+            current = node[leaf]
+        except (KeyError, AttributeError):
+            raise UserError(f"{path}: {key} is not a field of this config") from None
+        if isinstance(current, tuple):
+            value = tuple(value)
+        with node.ignore_type():
+            node[leaf] = value
+    print(f"{path}: set {', '.join(values)} (the layout of this workdir's model)", file=sys.stderr)
+    return config

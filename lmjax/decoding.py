@@ -4,10 +4,17 @@ Lengths follow the Story of Heads reference's decoder (specs/attention.md C.6): 
 source length including its EOS, a translation is at least ⌊inp_len / 4⌋ - 1 tokens before its
 EOS may be chosen and at most 2 inp_len + 3 tokens (EOS included) long.
 
-`greedy` runs the encoder once, then a `lax.while_loop` over output positions; each iteration
-reruns the (causal) decoder over the whole output buffer and takes position i's argmax, so it
-needs no cache and equals teacher forcing on its own output by construction. It stops when
-every row has emitted EOS or reached its maximum length.
+Both searches run the encoder once, compute every decoder layer's dec-enc keys and values once
+(`init_cache`), then one `lax.while_loop` over output positions in which each iteration runs
+the decoder on one position per hypothesis (`decode_step`), writing its self-attention keys
+and values into a per-layer cache (C.6's "K/V caches per decoder layer"). A step costs
+O(position) attention instead of a full decoder pass over the output so far. `greedy` stops
+when every row has emitted EOS or reached its maximum length.
+
+Beam size 1 is greedy search except for one rule of C.6: the beam search drops a hypothesis
+that emits EOS before min_len (it is neither finished nor kept), while `greedy` masks EOS
+until min_len, as a greedy decoder must to produce anything. Where min_len does not bind
+(short sources, or EOS not the argmax before it) the two give the same tokens (tested).
 """
 
 import functools
@@ -31,25 +38,26 @@ def greedy(model, params, src, src_mask):
     out_len = 2 * s + 3
     variables = {"params": params}
     enc, _ = model.apply(variables, src, src_mask, train=False, method="encode")
+    cache = model.apply(variables, enc, out_len, method="init_cache")
     min_len, max_len = length_limits(src_mask)
 
     def body(state):
-        i, out, done = state
-        logits, _ = model.apply(variables, out, enc, src_mask, train=False, method="decode")
-        step = jax.lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False)  # [b, v]
+        i, prev, cache, out, done = state
+        step, cache = model.apply(variables, prev, i, cache, src_mask, method="decode_step")
         eos = (jnp.arange(step.shape[-1]) == EOS)[None]
         step = jnp.where((i < min_len)[:, None] & eos, -jnp.inf, step)
         token = jnp.where(done, EOS, jnp.argmax(step, axis=-1).astype(jnp.int32))
         out = jax.lax.dynamic_update_index_in_dim(out, token, i, axis=1)
         done = done | (token == EOS) | (i + 1 >= max_len)
-        return i + 1, out, done
+        return i + 1, token, cache, out, done
 
     def cond(state):
-        i, _, done = state
+        i, done = state[0], state[-1]
         return (i < out_len) & ~jnp.all(done)
 
     out = jnp.full((b, out_len), EOS, jnp.int32)
-    _, out, _ = jax.lax.while_loop(cond, body, (0, out, jnp.sum(src_mask, -1) == 0))
+    state = (0, jnp.zeros((b,), jnp.int32), cache, out, jnp.sum(src_mask, -1) == 0)
+    out = jax.lax.while_loop(cond, body, state)[3]
     return out
 
 
@@ -83,15 +91,21 @@ def beam_search(model, params, src, src_mask, *, beam_size=4, alpha=0.6, spread=
     enc, _ = model.apply(variables, src, src_mask, train=False, method="encode")
     enc = jnp.repeat(enc, k, axis=0)  # [b k, s, d]
     mask_k = jnp.repeat(src_mask, k, axis=0)
+    cache = model.apply(variables, enc, out_len, method="init_cache")
     min_len, max_len = length_limits(src_mask)
 
+    def reorder(x, parent):  # [b k, ...] rows follow their parents [b, k]
+        x = x.reshape(b, k, *x.shape[1:])
+        idx = parent.reshape(b, k, *([1] * (x.ndim - 2)))
+        return jnp.take_along_axis(x, idx, axis=1).reshape(b * k, *x.shape[2:])
+
     def body(state):
-        i, tokens, raw, best_tok, best_score, fallback_tok, fallback_score = state
+        i, tokens, cache, raw, best_tok, best_score, fallback_tok, fallback_score = state
         n = i + 1  # L_out after this step
-        logits, _ = model.apply(
-            variables, tokens.reshape(b * k, out_len), enc, mask_k, train=False, method="decode"
+        prev = jax.lax.dynamic_index_in_dim(tokens, jnp.maximum(i - 1, 0), 2, keepdims=False)
+        step, cache = model.apply(
+            variables, prev.reshape(b * k), i, cache, mask_k, method="decode_step"
         )
-        step = jax.lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False)
         logp = jax.nn.log_softmax(step.astype(jnp.float32), axis=-1).reshape(b, k, -1)
         v = logp.shape[-1]
         cand = (raw[:, :, None] + logp).reshape(b, k * v)
@@ -102,6 +116,10 @@ def beam_search(model, params, src, src_mask, *, beam_size=4, alpha=0.6, spread=
         parent, word = flat // v, (flat % v).astype(jnp.int32)
         tokens = jnp.take_along_axis(tokens, parent[:, :, None], axis=1)
         tokens = jax.lax.dynamic_update_index_in_dim(tokens, word, i, axis=2)
+        cache = {
+            "memory": cache["memory"],  # the same for every hypothesis of a sentence
+            "self": jax.tree.map(lambda x: reorder(x, parent), cache["self"]),
+        }
         alive = top > NEG_INF / 2
         norm = top / length_penalty(n.astype(jnp.float32), alpha)
         is_eos = word == EOS
@@ -124,20 +142,19 @@ def beam_search(model, params, src, src_mask, *, beam_size=4, alpha=0.6, spread=
         fallback_score = jnp.where(u_better, u_best, fallback_score)
         keep = alive & ~is_eos & (n < max_len)[:, None] & (norm + spread >= best_score[:, None])
         raw = jnp.where(keep, top, NEG_INF)
-        return i + 1, tokens, raw, best_tok, best_score, fallback_tok, fallback_score
+        return i + 1, tokens, cache, raw, best_tok, best_score, fallback_tok, fallback_score
 
     def cond(state):
-        i, _, raw = state[:3]
+        i, raw = state[0], state[3]
         return (i < out_len) & jnp.any(raw > NEG_INF / 2)
 
     raw0 = jnp.where(jnp.arange(k) == 0, 0.0, NEG_INF)[None].repeat(b, 0)
     raw0 = jnp.where((jnp.sum(src_mask, -1) > 0)[:, None], raw0, NEG_INF)
     full = jnp.full((b, out_len), EOS, jnp.int32)
     none = jnp.full((b,), NEG_INF, jnp.float32)
-    state = (0, jnp.full((b, k, out_len), EOS, jnp.int32), raw0, full, none, full, none)
-    _, _, _, best_tok, best_score, fallback_tok, fallback_score = jax.lax.while_loop(
-        cond, body, state
-    )
+    tokens = jnp.full((b, k, out_len), EOS, jnp.int32)
+    state = (0, tokens, cache, raw0, full, none, full, none)
+    best_tok, best_score, fallback_tok, fallback_score = jax.lax.while_loop(cond, body, state)[4:]
     found = best_score > NEG_INF / 2
     return (
         jnp.where(found[:, None], best_tok, fallback_tok),

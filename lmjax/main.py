@@ -43,6 +43,10 @@ def main(argv):
     if FLAGS.config is None or FLAGS.workdir is None:
         cli.fail("--config and --workdir are required")
     config, workdir = FLAGS.config, FLAGS.workdir
+    try:
+        config = cli.apply_workdir_overrides(config, workdir)  # e.g. a pruned export's
+    except UserError as e:
+        cli.fail(str(e))
     if FLAGS.coordinator_address:  # elsewhere (TPU pods, SLURM) jax discovers its peers itself
         import jax
 

@@ -41,6 +41,7 @@ update 0 (the warmup is not subtracted) and floor 0.
 """
 
 import fnmatch
+import functools
 import math
 from typing import NamedTuple
 
@@ -342,12 +343,40 @@ def make_optimizer(optim_cfg) -> tuple[optax.GradientTransformation, optax.Sched
         raise UserError(f"unknown optim.name {name!r}; allowed: {', '.join(OPTIMIZERS)}")
     if clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+    tx = _scaled(tx, dict(optim_cfg.get("lr_scale", {}) or {}))
     return _only_trainable(tx, tuple(optim_cfg.get("trainable", ()) or ())), schedule
 
 
 def param_path(path):
     """'layer_0/attn/gate/log_a' for a tree_map_with_path key path of the params."""
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _matching(params, pattern, field):
+    """A tree of bools: which parameter paths match the fnmatch `pattern` (one must)."""
+    paths = jax.tree_util.tree_map_with_path(lambda p, _: param_path(p), params)
+    if not any(fnmatch.fnmatchcase(x, pattern) for x in jax.tree.leaves(paths)):
+        raise UserError(
+            f"{field} pattern {pattern!r} matches no parameter (paths look like "
+            f"{jax.tree.leaves(paths)[0]!r})"
+        )
+    return jax.tree.map(lambda x: fnmatch.fnmatchcase(x, pattern), paths)
+
+
+def _scaled(tx, factors):
+    """`optim.lr_scale` {fnmatch pattern: factor}: the updates of the matching parameters
+    multiplied by factor after `tx`, i.e. their learning rate (and nothing else: Adam's update
+    does not depend on the gradient's scale) times factor. The Story of Heads' CPU-scale
+    pruning runs use it for the gates' log_a; the reference has one learning rate."""
+    for pattern, factor in factors.items():
+        tx = optax.chain(
+            tx,
+            optax.masked(
+                optax.scale(float(factor)),
+                functools.partial(_matching, pattern=pattern, field="optim.lr_scale"),
+            ),
+        )
+    return tx
 
 
 def _only_trainable(tx, patterns):

@@ -82,3 +82,33 @@ def _dead_reference_params(e):
     qkvs_rgate = 3 * e + e
     second_bias = 4 * 4 * e  # b_hh per LSTM (we store b_ih + b_hh as one vector)
     return lnout + unused_mid_mem + qkvs_rgate + second_bias
+
+
+def test_story_of_heads_variants_follow_the_paper():
+    from configs import story_of_heads as soh
+
+    base = soh.get_config("wmt_en_ru")
+    m, o = base.model, base.optim
+    assert (m.d_model, m.num_heads, m.d_ff, m.num_layers) == (512, 8, 2048, 6)
+    assert (base.data.src_lang, base.data.tgt_lang, base.data.vocab_size) == ("en", "ru", 32000)
+    assert (o.b2, o.eps, o.schedule, o.warmup_steps, o.grad_clip) == (
+        0.998,
+        1e-9,
+        "rsqrt",
+        16000,
+        0,
+    )
+    assert abs(o.learning_rate - 1.40e-3) < 1e-5 and base.data.batch_len == 4000
+    assert soh.get_config("wmt_en_ru_prune").model.concrete_heads == (
+        "enc-self",
+        "dec-self",
+        "dec-enc",
+    )
+    enc = soh.get_config("wmt_en_de_prune_enc")
+    assert enc.model.concrete_heads == ("enc-self",) and enc.optim.trainable == ("emb_inp*", "enc*")
+    assert (
+        enc.model.gate_coef == 0.1
+        and soh.get_config("multi30k_prune,lam=0.2").model.gate_coef == 0.2
+    )
+    with pytest.raises(ValueError, match="unknown variant"):
+        soh.get_config("wmt_en_xx_prune")

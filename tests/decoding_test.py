@@ -88,3 +88,36 @@ def test_greedy_is_argmax_of_its_own_teacher_forcing():
             if prefix[-1] == EOS:
                 break
         assert list(out[row, : len(prefix)]) == prefix
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_incremental_decoding_equals_the_full_forward(gated):
+    """decode_step over a teacher-forced target, position by position through the K/V cache,
+    gives the logits of one `decode` pass (with eval gates where the model is gated)."""
+    heads = ("dec-self", "dec-enc") if gated else ()
+    cfg = soh.StoryOfHeadsConfig(**{**SMALL, "num_layers": 2}, concrete_heads=heads)
+    model = soh.StoryOfHeads(cfg)
+    rng = np.random.default_rng(3)
+    src = jnp.asarray(rng.integers(3, 9, (2, 5)), jnp.int32)
+    mask = jnp.asarray((np.arange(5)[None] < np.array([[5], [3]])).astype(np.float32))
+    tgt = jnp.asarray(rng.integers(0, 7, (2, 6)), jnp.int32)
+    variables = model.init(jax.random.PRNGKey(1), src, mask, tgt, train=False)
+    enc, _ = model.apply(variables, src, mask, train=False, method="encode")
+    want, _ = model.apply(variables, tgt, enc, mask, train=False, method="decode")
+    cache = model.apply(variables, enc, 9, method="init_cache")  # longer than the target
+    prev = jnp.zeros((2,), jnp.int32)
+    for i in range(tgt.shape[1]):
+        step, cache = model.apply(variables, prev, i, cache, mask, method="decode_step")
+        np.testing.assert_allclose(step, want[:, i], rtol=1e-5, atol=1e-5)
+        prev = tgt[:, i]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_beam_size_one_is_greedy(seed):
+    """Sources of at most 7 tokens (EOS included) have min_len <= 0, so C.6's early-EOS rule,
+    the one difference between beam 1 and greedy, does not bind."""
+    model, params, src, mask = _setup(seed)
+    assert int(jnp.max(decoding.length_limits(mask)[0])) <= 0
+    greedy = np.asarray(decoding.greedy(model, params, src, mask))
+    beam, _ = decoding.beam_search(model, params, src, mask, beam_size=1)
+    np.testing.assert_array_equal(np.asarray(beam), greedy)

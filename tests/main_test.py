@@ -327,3 +327,28 @@ def test_read_only_workdir_is_one_line_for_train_and_eval(trained, monkeypatch, 
     with pytest.raises(UserError, match="is not writable: eval appends its results"):
         evaluate.run_eval(config, work)
     assert _snapshot(work) == before
+
+
+def test_export_mistakes_are_one_line(trained, tmp_path):
+    """lmjax.export: without --prune, a model with nothing to prune, an --out that exists; and
+    a workdir whose config_overrides.json is broken: one line, exit 2, nothing written."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    before = _snapshot(trained / "work")
+    base = [sys.executable, "-m", "lmjax.export", "--config=configs/sha_rnn.py:tiny"]
+    base += _text_args(trained)
+    cases = [
+        ([f"--out={tmp_path / 'a'}"], "only --prune is implemented"),
+        (["--prune", f"--out={tmp_path / 'a'}"], "has nothing to prune"),
+        (["--prune", f"--out={tmp_path}"], "exists; give a new directory"),
+    ]
+    for extra, message in cases:
+        r = subprocess.run(base + extra, cwd=ROOT, env=env, capture_output=True, text=True)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
+    assert not (tmp_path / "a").exists() and _snapshot(trained / "work") == before
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config_overrides.json").write_text("{not json")
+    r = _run(f"--workdir={bad}", "--mode=eval")
+    assert r.returncode == 2 and "config_overrides.json: unreadable" in r.stderr.strip()
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -336,3 +336,22 @@ def test_trainable_patterns_freeze_the_rest():
     assert moments == 2 * 3  # m and v of enc/w only
     with pytest.raises(UserError, match="optim.trainable pattern 'emb_inp\\*' matches no"):
         optim.make_optimizer(_cfg(name="adam", trainable=("emb_inp*",)))[0].init(params)
+
+
+def test_lr_scale_multiplies_the_matched_learning_rates():
+    """optim.lr_scale: matched parameters move as with factor x the learning rate (Adam with
+    the lr scaled), the rest as without it."""
+    params = {"gate": {"log_a": jnp.zeros(4)}, "w": jnp.ones(3)}
+    grads = {"gate": {"log_a": jnp.array([1.0, -2.0, 0.5, 3.0])}, "w": jnp.array([1.0, 2.0, 3.0])}
+    scaled, _ = optim.make_optimizer(
+        _cfg(name="adam", learning_rate=0.01, lr_scale={"gate/*": 10.0})
+    )
+    new = _run(scaled, params, [grads] * 3)
+    plain = _run(
+        optim.make_optimizer(_cfg(name="adam", learning_rate=0.01))[0], params, [grads] * 3
+    )
+    fast = _run(optim.make_optimizer(_cfg(name="adam", learning_rate=0.1))[0], params, [grads] * 3)
+    np.testing.assert_allclose(new["w"], plain["w"], rtol=1e-7)
+    np.testing.assert_allclose(new["gate"]["log_a"], fast["gate"]["log_a"], rtol=1e-6)
+    with pytest.raises(UserError, match="optim.lr_scale pattern 'nope' matches no"):
+        optim.make_optimizer(_cfg(name="adam", lr_scale={"nope": 2.0}))[0].init(params)

@@ -69,6 +69,13 @@ class Family(nn.Module):
         """A dict of static, printable facts about this model instance (may be empty)."""
         return {}
 
+    def pruned(self, params):
+        """(model config fields, params) of a physically smaller model computing the same
+        function (`lmjax.export --prune`), host side; None where the family has nothing to
+        prune."""
+        del params
+        return None
+
     def nll(self, tokens, targets, carry=None, *, train):
         """tokens, targets: [b, t] int. Returns (nll [b, t] float32, carry, aux)."""
         logits, carry, aux = self(tokens, carry, train=train)

@@ -66,17 +66,23 @@ class StoryOfHeadsConfig:
     concrete_heads: tuple = ()  # attention types with Hard-Concrete gates (C.3)
     alive_heads: Any = ()  # {type: [layers][heads] 0/1}: fixed head masks (C.4)
     gate_coef: float = 0.1  # λ of the L0 term (the reference's `concrete_coef` example)
+    # {type: [layers][kept heads] gate value}: a pruned model (`lmjax.export --prune`) whose
+    # layers of that type have only the listed heads, each scaled by its (fixed) eval gate; a
+    # layer with none keeps only its output bias.
+    kept_heads: Any = ()
     dtype: str = "float32"
 
     def __post_init__(self):
-        alive = self.alive_heads
-        if hasattr(alive, "items"):  # a dict / ConfigDict -> a hashable sorted tuple
-            alive = tuple(
-                sorted(
-                    (k, tuple(tuple(int(x) for x in row) for row in v)) for k, v in alive.items()
+        for field, cast in (("alive_heads", int), ("kept_heads", float)):
+            value = getattr(self, field)
+            if hasattr(value, "items"):  # a dict / ConfigDict -> a hashable sorted tuple
+                value = tuple(
+                    sorted(
+                        (k, tuple(tuple(cast(x) for x in row) for row in v))
+                        for k, v in value.items()
+                    )
                 )
-            )
-            object.__setattr__(self, "alive_heads", alive)
+                object.__setattr__(self, field, value)
         object.__setattr__(self, "concrete_heads", tuple(self.concrete_heads))
         problem = _check_config(self)
         if problem:
@@ -89,6 +95,13 @@ class StoryOfHeadsConfig:
     def alive(self, kind, layer):
         """The fixed 0/1 mask of `kind`'s heads in `layer`, or None."""
         for k, rows in self.alive_heads:
+            if k == kind:
+                return rows[layer]
+        return None
+
+    def kept(self, kind, layer):
+        """The gate values of the heads a pruned model kept in `kind`'s `layer`, or None."""
+        for k, rows in self.kept_heads:
             if k == kind:
                 return rows[layer]
         return None
@@ -110,6 +123,16 @@ def _check_config(c):
             return (
                 f"model.alive_heads[{kind!r}] must be {c.num_layers} x {c.num_heads} zeros and "
                 f"ones, got shape {shape}"
+            )
+    for kind, rows in c.kept_heads:
+        if kind not in ATTENTION_TYPES:
+            return f"model.kept_heads: unknown attention type {kind!r}; known: {ATTENTION_TYPES}"
+        if kind in c.concrete_heads or kind in dict(c.alive_heads):
+            return f"model: attention type {kind!r} is pruned (kept_heads) and also gated or masked"
+        if len(rows) != c.num_layers or any(len(r) > c.num_heads for r in rows):
+            return (
+                f"model.kept_heads[{kind!r}] must list at most {c.num_heads} gate values for "
+                f"each of {c.num_layers} layers"
             )
     if c.d_model % c.num_heads or c.d_model % 2:
         return f"model.d_model={c.d_model} must be even and divisible by num_heads={c.num_heads}"
@@ -153,33 +176,90 @@ class _Attention(nn.Module):
     kind: str
     layer: int
 
-    @nn.compact
-    def __call__(self, x, memory, bias, *, train):
-        """x: [b, t, d] queries (already normalised); memory: [b, s, d] keys/values, or None for
-        self-attention; bias: [b or 1, 1, t, s] additive. Returns ([b, t, d], GateStats|None)."""
+    def setup(self):
         c = self.config
-        nh, hk, d = c.num_heads, c.head_dim, c.d_model
-        dtype = jnp.dtype(c.dtype)
-        dense = lambda n, name: nn.Dense(n, kernel_init=_GLOROT, dtype=dtype, name=name)
-        b, t = x.shape[:2]
-        if memory is None:
-            qkv = dense(3 * d, "mem_conv")(x).reshape(b, t, 3, nh, hk)
-            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        dense = lambda n: nn.Dense(n, kernel_init=_GLOROT, dtype=jnp.dtype(c.dtype))
+        kept = c.kept(self.kind, self.layer)
+        self.heads = c.num_heads if kept is None else len(kept)
+        width = self.heads * c.head_dim
+        if self.heads == 0:  # pruned away: only the output projection's bias is left
+            self.out_conv = _Bias(c.d_model)
+            return
+        if self.kind == "dec-enc":
+            self.query_conv = dense(width)
+            self.mem_conv = dense(2 * width)
         else:
-            q = dense(d, "query_conv")(x).reshape(b, t, nh, hk)
-            kv = dense(2 * d, "mem_conv")(memory).reshape(b, memory.shape[1], 2, nh, hk)
-            k, v = kv[:, :, 0], kv[:, :, 1]
+            self.mem_conv = dense(3 * width)
+        self.out_conv = dense(c.d_model)
+        self.dropout = core.Dropout(c.attn_dropout)
+        alive = c.alive(self.kind, self.layer) if kept is None else kept
+        self.gated = self.kind in c.concrete_heads or alive is not None
+        if self.gated:
+            self.gate = gates.HeadGate(self.heads, alive=alive)
+
+    def memory_kv(self, memory):
+        """Keys and values [b, s, h, k] of the dec-enc memory, computed once for decoding."""
+        c = self.config
+        if self.heads == 0:
+            return ()
+        kv = self.mem_conv(memory).reshape(*memory.shape[:2], 2, self.heads, c.head_dim)
+        return kv[:, :, 0], kv[:, :, 1]
+
+    def __call__(self, x, memory, bias, *, train, cache=None, index=None):
+        """x: [b, t, d] queries (already normalised); memory: [b, s, d] keys/values, a
+        precomputed (k, v) pair of `memory_kv`, or None for self-attention; bias: [b or 1, 1,
+        t, s] additive. For incremental decoding, self-attention takes `cache` (k, v) [b, T, h,
+        k] and writes this step's keys and values at position `index` (x is then [b, 1, d]
+        and bias covers the T cached keys). Returns ([b, t, d], GateStats|None, cache)."""
+        c = self.config
+        nh, hk, d = self.heads, c.head_dim, c.d_model
+        b, t = x.shape[:2]
+        if nh == 0:
+            none = gates.GateStats(jnp.zeros(()), jnp.zeros((), jnp.int32), jnp.zeros((0,)))
+            return jnp.broadcast_to(self.out_conv(), (b, t, d)), none, cache
+        if memory is None:
+            qkv = self.mem_conv(x).reshape(b, t, 3, nh, hk)
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+            if cache is not None:
+                k = jax.lax.dynamic_update_slice_in_dim(
+                    cache[0], k.astype(cache[0].dtype), index, 1
+                )
+                v = jax.lax.dynamic_update_slice_in_dim(
+                    cache[1], v.astype(cache[1].dtype), index, 1
+                )
+                cache = (k, v)
+        else:
+            q = self.query_conv(x).reshape(b, t, nh, hk)
+            k, v = memory if isinstance(memory, tuple) else self.memory_kv(memory)
         scores = jnp.einsum("bthk,bshk->bhts", q * hk**-0.5, k, preferred_element_type=jnp.float32)
         probs = jax.nn.softmax(scores + bias, axis=-1)
-        probs = core.Dropout(c.attn_dropout)(probs, deterministic=not train)
+        probs = self.dropout(probs, deterministic=not train)
         out = jnp.einsum("bhts,bshk->bthk", probs.astype(v.dtype), v)  # [b, t, h, k]
         stats = None
-        alive = c.alive(self.kind, self.layer)
-        if self.kind in c.concrete_heads or alive is not None:
-            out, stats = gates.HeadGate(nh, alive=alive, name="gate")(out, train=train)
+        if self.gated:
+            out, stats = self.gate(out, train=train)
         self.sow("intermediates", "attention", probs)
-        out = dense(d, "out_conv")(out.reshape(b, t, d))
-        return out.astype(jnp.float32), stats
+        out = self.out_conv(out.reshape(b, t, nh * hk))
+        return out.astype(jnp.float32), stats, cache
+
+
+def _keep_heads(a, parts, num_heads, idx):
+    """The columns of heads `idx` of a projection [..., parts x heads x k] (a kernel or bias
+    whose output is `parts` blocks, q | k | v, of contiguous head columns)."""
+    hk = a.shape[-1] // (parts * num_heads)
+    a = np.take(a.reshape(*a.shape[:-1], parts, num_heads, hk), idx, axis=-2)
+    return a.reshape(*a.shape[:-3], parts * len(idx) * hk)
+
+
+class _Bias(nn.Module):
+    """What is left of an attention sublayer whose every head was pruned: out_conv's bias (the
+    gated model adds it too: out_conv of all-zero heads is its bias)."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self):
+        return self.param("bias", nn.initializers.zeros, (self.features,)).astype(jnp.float32)
 
 
 class _FeedForward(nn.Module):
@@ -203,7 +283,7 @@ class _EncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x, bias, *, train):
         drop = lambda y: core.Dropout(self.config.dropout_rate)(y, deterministic=not train)
-        a, stats = _Attention(self.config, "enc-self", self.layer, name="self_attn")(
+        a, stats, _ = _Attention(self.config, "enc-self", self.layer, name="self_attn")(
             _layer_norm("self_attn_norm")(x), None, bias, train=train
         )
         x = x + drop(a)
@@ -215,22 +295,34 @@ class _DecoderLayer(nn.Module):
     config: StoryOfHeadsConfig
     layer: int
 
-    @nn.compact
-    def __call__(self, y, enc, self_bias, enc_bias, *, train):
+    def setup(self):
         c = self.config
-        drop = lambda z: core.Dropout(c.dropout_rate)(z, deterministic=not train)
-        a, s_self = _Attention(c, "dec-self", self.layer, name="self_attn")(
-            _layer_norm("self_attn_norm")(y), None, self_bias, train=train
+        self.self_attn_norm = _layer_norm(None)
+        self.self_attn = _Attention(c, "dec-self", self.layer)
+        self.enc_attn_norm = _layer_norm(None)
+        self.enc_attn = _Attention(c, "dec-enc", self.layer)
+        self.ffn_norm = _layer_norm(None)
+        self.ffn = _FeedForward(c)
+        self.drop = core.Dropout(c.dropout_rate)
+
+    def memory_kv(self, enc):
+        return self.enc_attn.memory_kv(enc)
+
+    def __call__(self, y, enc, self_bias, enc_bias, *, train, cache=None, index=None):
+        """enc: the encoder output [b, s, d] or its precomputed (k, v); cache / index: the
+        self-attention cache of incremental decoding (see _Attention). Returns (y, (self
+        GateStats, dec-enc GateStats), cache)."""
+        drop = lambda z: self.drop(z, deterministic=not train)
+        a, s_self, cache = self.self_attn(
+            self.self_attn_norm(y), None, self_bias, train=train, cache=cache, index=index
         )
         y = y + drop(a)
         # Only the query side is normalised: the encoder output (already through its final
         # LN) is the memory as it is.
-        a, s_enc = _Attention(c, "dec-enc", self.layer, name="enc_attn")(
-            _layer_norm("enc_attn_norm")(y), enc, enc_bias, train=train
-        )
+        a, s_enc, _ = self.enc_attn(self.enc_attn_norm(y), enc, enc_bias, train=train)
         y = y + drop(a)
-        y = y + drop(_FeedForward(c, name="ffn")(_layer_norm("ffn_norm")(y), train=train))
-        return y, (s_self, s_enc)
+        y = y + drop(self.ffn(self.ffn_norm(y), train=train))
+        return y, (s_self, s_enc), cache
 
 
 class StoryOfHeads(base.Family):
@@ -290,12 +382,47 @@ class StoryOfHeads(base.Family):
         enc_bias = (_NEG * (1.0 - src_mask.astype(jnp.float32)))[:, None, None, :]
         self_stats, enc_stats = [], []
         for layer in self.dec:
-            y, (s_self, s_enc) = layer(y, enc, self_bias, enc_bias, train=train)
+            y, (s_self, s_enc), _ = layer(y, enc, self_bias, enc_bias, train=train)
             self_stats.append(s_self)
             enc_stats.append(s_enc)
+        return self._logits(y), (self_stats, enc_stats)
+
+    def _logits(self, y):
         y = self.dec_out_norm(y)
-        logits = jnp.einsum("btd,dv->btv", y, self.logits_w, preferred_element_type=jnp.float32)
-        return logits, (self_stats, enc_stats)
+        return jnp.einsum("btd,dv->btv", y, self.logits_w, preferred_element_type=jnp.float32)
+
+    def init_cache(self, enc, out_len):
+        """The decoding state for `decode_step`: per decoder layer, the dec-enc keys and values
+        of the encoder output enc [b, s, d] (computed once) and an empty self-attention cache
+        of out_len positions."""
+        c = self.config
+        b = enc.shape[0]
+        empty = lambda i: jnp.zeros(
+            (b, out_len, self.dec[i].self_attn.heads, c.head_dim), jnp.dtype(c.dtype)
+        )
+        return {
+            "memory": [layer.memory_kv(enc) for layer in self.dec],
+            "self": [(empty(i), empty(i)) for i in range(len(self.dec))],
+        }
+
+    def decode_step(self, prev, index, cache, src_mask):
+        """One incremental decoder step (inference): prev [b] the token at output position
+        index - 1 (ignored at index 0, where the input is the zero vector), index a scalar.
+        Returns (logits [b, v] for output position `index`, the updated cache); equal to
+        `decode` on the whole prefix (tested)."""
+        c = self.config
+        out_len = cache["self"][0][0].shape[1]  # (b, T, h, k) even when h = 0
+        y = self.emb_out(prev[:, None]) * c.d_model**0.5
+        y = jnp.where(index > 0, y, 0.0)
+        pos = jax.lax.dynamic_slice_in_dim(timing_signal(out_len, c.d_model), index, 1, 0)
+        y = y + pos[None]
+        self_bias = jnp.where(jnp.arange(out_len) <= index, 0.0, _NEG)[None, None, None]
+        enc_bias = (_NEG * (1.0 - src_mask.astype(jnp.float32)))[:, None, None, :]
+        new = []
+        for layer, memory, kv in zip(self.dec, cache["memory"], cache["self"], strict=True):
+            y, _, kv = layer(y, memory, self_bias, enc_bias, train=False, cache=kv, index=index)
+            new.append(kv)
+        return self._logits(y)[:, 0], {"memory": cache["memory"], "self": new}
 
     def __call__(self, src, src_mask, tgt, *, train):
         """Returns (logits [b, t, v], aux): aux has `l0_penalty` (λ L0) with concrete gates
@@ -314,6 +441,59 @@ class StoryOfHeads(base.Family):
                     jnp.float32
                 )
         return logits, aux
+
+    def pruned(self, params):
+        """The model without its closed heads (`lmjax.export --prune`): for every gated or
+        masked attention type, each layer keeps the heads whose eval gate (or mask) is not 0,
+        their columns of the q / k / v projections and rows of out_conv, and scales them by
+        that gate as before; a layer left with no head keeps out_conv's bias only. Returns
+        ({'kept_heads', 'concrete_heads', 'alive_heads'}, params): the same translations, with
+        fewer parameters and less work. None if no type is gated or masked."""
+        c = self.config
+        kinds = [k for k in ATTENTION_TYPES if k in c.concrete_heads or c.alive(k, 0) is not None]
+        if not kinds:
+            return None
+        params = jax.tree.map(np.asarray, params)
+        names = {"enc-self": ("enc", "self_attn"), "dec-self": ("dec", "self_attn")}
+        names["dec-enc"] = ("dec", "enc_attn")
+        hk, d = c.head_dim, c.d_model
+        kept = {}
+        for kind in kinds:
+            side, sub = names[kind]
+            kept[kind] = []
+            for layer in range(c.num_layers):
+                p = dict(params[f"{side}_{layer}"][sub])
+                alive = c.alive(kind, layer)
+                g = (
+                    np.asarray(gates.eval_gate(p.pop("gate")["log_a"]))
+                    if alive is None
+                    else np.asarray(alive, np.float32)
+                )
+                p.pop("gate", None)
+                idx = np.flatnonzero(g != 0)
+                kept[kind].append([float(x) for x in g[idx]])
+                if not len(idx):
+                    p = {"out_conv": {"bias": p["out_conv"]["bias"]}}
+                else:
+                    for name, parts in (
+                        (("query_conv", 1), ("mem_conv", 2)) if kind == "dec-enc"
+                        else (("mem_conv", 3),)
+                    ):  # fmt: skip
+                        p[name] = {
+                            k: _keep_heads(p[name][k], parts, c.num_heads, idx)
+                            for k in ("kernel", "bias")
+                        }
+                    w = p["out_conv"]["kernel"].reshape(c.num_heads, hk, d)[idx]
+                    p["out_conv"] = {"kernel": w.reshape(-1, d), "bias": p["out_conv"]["bias"]}
+                layer_params = dict(params[f"{side}_{layer}"])
+                layer_params[sub] = p
+                params = dict(params, **{f"{side}_{layer}": layer_params})
+        fields = {
+            "kept_heads": kept,
+            "concrete_heads": [k for k in c.concrete_heads if k not in kinds],
+            "alive_heads": {k: [list(r) for r in v] for k, v in c.alive_heads if k not in kinds},
+        }
+        return fields, params
 
     def nll(self, src, src_mask, tgt, *, train):
         """Label-smoothed per-token loss [b, t] and aux."""

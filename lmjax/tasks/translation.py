@@ -17,8 +17,7 @@ scored (only training drops pairs longer than `data.max_len`).
 
 `--mode=translate --input=FILE` (or `-` for stdin) prints the translation of every line.
 
-Not yet: a K/V cache for decoding (each step reruns the decoder over the output so far), several
-processes in evaluation.
+Not yet: several processes in evaluation (every process decodes the whole split).
 """
 
 import os
@@ -182,8 +181,13 @@ class TranslationTask(base.Task):
         how = f"beam {k}" if k > 1 else "greedy"
         return f" (tokenised lowercase BLEU {metrics['bleu_tok']:.2f}, {n} sentences, {how})"
 
+    def source_lines(self, split):
+        """The source side of `split` (detokenised text)."""
+        return self._lines(split)[0]
+
     def translate_lines(self, model, params, lines):
-        """Greedy translations of source `lines` (detokenised text)."""
+        """Translations (beam search with eval.beam_size; 1 = greedy) of source `lines`
+        (detokenised text)."""
         src_voc, tgt_voc = self.vocabularies()
         ids = src_voc.encode(lines)
         batches = tr.PairBatches.build(

@@ -1,6 +1,8 @@
 """The Story of Heads model: a float64 NumPy forward of specs/attention.md C.2-C.4 written from
 the spec (the TF1 reference does not run here), masks, causality, gates and label smoothing."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -229,3 +231,58 @@ def test_registered():
     model = models.get_model(config)
     assert model.config.alive("enc-self", 1) == (0, 1, 1, 1)
     hash(model)  # jit caches key on the model
+
+
+def test_pruned_model_is_the_gated_model_without_its_closed_heads():
+    """Family.pruned: closed heads (eval gate 0, or a 0 in a fixed mask) leave the projections,
+    a layer with no open head keeps only its output bias, fractional gates stay as fixed
+    scales; logits agree to float rounding and greedy / beam translations exactly."""
+    from lmjax import decoding
+
+    cfg = soh.StoryOfHeadsConfig(
+        src_vocab_size=11, tgt_vocab_size=9, d_model=16, num_heads=4, d_ff=16, num_layers=2,
+        concrete_heads=("enc-self", "dec-enc"),
+        alive_heads={"dec-self": [[1, 0, 1, 1], [0, 0, 0, 0]]},
+    )  # fmt: skip
+    model = soh.StoryOfHeads(cfg)
+    rng = np.random.default_rng(0)
+    src = jnp.asarray(rng.integers(3, 11, (3, 6)), jnp.int32)
+    mask = jnp.asarray((np.arange(6)[None] < np.array([[6], [4], [5]])).astype(np.float32))
+    tgt = jnp.asarray(rng.integers(0, 9, (3, 5)), jnp.int32)
+    params = model.init(jax.random.PRNGKey(0), src, mask, tgt, train=False)["params"]
+    params = jax.tree.map(lambda x: x * 2.0, params)  # less uniform outputs
+    log_a = {  # open, closed, fractional (eval gate 0.62), closed; all closed in one layer
+        ("enc_0", "self_attn"): [9.0, -9.0, 0.3, -9.0],
+        ("enc_1", "self_attn"): [-9.0, -9.0, -9.0, -9.0],
+        ("dec_0", "enc_attn"): [-9.0, 9.0, 9.0, 9.0],
+        ("dec_1", "enc_attn"): [9.0, -9.0, -9.0, -9.0],
+    }
+    params = jax.tree.map(np.asarray, params)
+    for (layer, sub), value in log_a.items():
+        params[layer][sub]["gate"]["log_a"] = np.asarray(value, np.float32)
+    fields, small = model.pruned(params)
+    assert fields["concrete_heads"] == [] and fields["alive_heads"] == {}
+    assert [len(r) for r in fields["kept_heads"]["enc-self"]] == [2, 0]
+    assert [len(r) for r in fields["kept_heads"]["dec-self"]] == [3, 0]
+    assert [len(r) for r in fields["kept_heads"]["dec-enc"]] == [3, 1]
+    assert fields["kept_heads"]["enc-self"][0] == [
+        1.0,
+        pytest.approx(float(gates.eval_gate(jnp.float32(0.3)))),
+    ]
+    pruned = soh.StoryOfHeads(dataclasses.replace(cfg, concrete_heads=(), alive_heads={},
+                                                  kept_heads=fields["kept_heads"]))  # fmt: skip
+    shapes = jax.tree.map(np.shape, small)
+    want = jax.tree.map(
+        np.shape, pruned.init(jax.random.PRNGKey(0), src, mask, tgt, train=False)["params"]
+    )
+    assert shapes == want
+    count = lambda p: sum(np.size(x) for x in jax.tree.leaves(p))
+    assert count(small) < count(params)
+    full, _ = model.apply({"params": params}, src, mask, tgt, train=False)
+    cut, aux = pruned.apply({"params": small}, src, mask, tgt, train=False)
+    np.testing.assert_allclose(cut, full, rtol=1e-5, atol=1e-5)
+    assert float(aux["open_enc_self"]) == 2 and float(aux["open_dec_enc"]) == 4
+    for search in (decoding.greedy, decoding.beam_search):
+        a, b = search(model, params, src, mask), search(pruned, small, src, mask)
+        a, b = (a[0], b[0]) if isinstance(a, tuple) else (a, b)
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
