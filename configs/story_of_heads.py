@@ -38,8 +38,11 @@ install, so they are not used. E.g. (newstest2013 as valid, newstest2014 as test
       --config.data.train_src=train.tok.lc.en --config.data.train_tgt=train.tok.lc.de \
       --config.data.valid_src=nt2013.tok.lc.en --config.data.valid_tgt=nt2013.tok.lc.de \
       --config.data.test_src=nt2014.tok.lc.en --config.data.test_tgt=nt2014.tok.lc.de
-  Multi-GPU: the reference trains on ~16k source tokens an update (4 GPUs x batch_len 4000);
-  on one device, --config.train.grad_accum_steps=4 gives the same update.
+  The reference trains on ~16k tokens an update (4 GPUs x batch_len 4000); on fewer devices,
+  --config.train.grad_accum_steps=4 gives an update of the same size. One difference (C.5): the
+  reference averages the micro-batches' token means, lmjax takes the token mean of the whole
+  update (each token weighs the same), which differs when micro-batches hold different
+  numbers of target tokens.
 
   python -m lmjax.main --config=configs/story_of_heads.py:multi30k --workdir=runs/soh_m30k \\
       --config.data.path=../shared/data/multi30k

@@ -113,15 +113,16 @@ class Checkpoints:
         """
         return _restore_newest(self.latest, lambda step: state, carry, config)
 
-    def restore_params(self, params):
+    def restore_params(self, params, *, as_stored=False):
         """(params, meta, path) from best/ if it has a checkpoint, else checkpoints/.
 
         `params` is the target (ShapeDtypeStructs with shardings); the optimizer state and the
-        rest are read with the shapes the checkpoint itself records. Raises if there is none.
+        rest are read with the shapes the checkpoint itself records (and with `as_stored` the
+        parameters too, placed like `params`). Raises if there is none.
         """
         for mngr in (self.best, self.latest):
             if mngr.all_steps():
-                target = functools.partial(_params_target, mngr, params)
+                target = functools.partial(_params_target, mngr, params, as_stored=as_stored)
                 state, _, meta, path = _restore_newest(mngr, target, None)
                 return state["params"], meta, path
         raise UserError(f"no checkpoint in {self.workdir}: train first (--mode=train)")
@@ -158,16 +159,39 @@ class WorkdirLock:
             self._file.close()
 
 
-def restore_params(workdir, params):
+def restore_params(workdir, params, *, as_stored=False):
     """The parameters of `workdir`'s best (else latest) checkpoint: (params, meta, path).
 
     Used by --mode=eval, --mode=generate and `init_from`; never creates a directory.
     """
     ckpts = Checkpoints(workdir, read_only=True)
     try:
-        return ckpts.restore_params(params)
+        return ckpts.restore_params(params, as_stored=as_stored)
     finally:
         ckpts.close()
+
+
+def merge_params(init, stored, source):
+    """`init` with every parameter `stored` also has replaced by the stored one: what
+    `init_from` does, so a run may add parameters its source lacks (the Story of Heads' pruning
+    run adds gates to a baseline, whose log_a keep their fresh init, C.3). Returns (params, the
+    paths kept fresh, the stored paths the model has no use for). A shared path whose shape
+    differs is a UserError naming it and `source`."""
+    flat_init = {_path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(init)[0]}
+    flat_stored = {_path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(stored)[0]}
+    for k in sorted(set(flat_init) & set(flat_stored)):
+        a, b = tuple(flat_stored[k].shape), tuple(flat_init[k].shape)
+        if a != b:
+            raise UserError(
+                f"init_from {source}: parameter {k} is {a} in the checkpoint, {b} in the "
+                "model; init_from needs a checkpoint of the same architecture"
+            )
+    merged = jax.tree_util.tree_map_with_path(
+        lambda p, x: flat_stored.get(_path_str(p), x).astype(x.dtype), init
+    )
+    fresh = sorted(set(flat_init) - set(flat_stored))
+    unused = sorted(set(flat_stored) - set(flat_init))
+    return merged, fresh, unused
 
 
 def upgrade_meta(meta):
@@ -181,14 +205,16 @@ def upgrade_meta(meta):
     return meta
 
 
-def _params_target(mngr, params, step):
-    """A TrainState-shaped restore target: `params` as given, the other leaves as stored."""
+def _params_target(mngr, params, step, *, as_stored=False):
+    """A TrainState-shaped restore target: `params` as given (or, `as_stored`, as the
+    checkpoint has them), the other leaves as stored."""
     stored = mngr.item_metadata(step)["state"]
     stored = getattr(stored, "tree", stored)
     sharding = jax.tree.leaves(params)[0].sharding
     shaped = lambda x: jax.ShapeDtypeStruct(tuple(x.shape), x.dtype, sharding=sharding)
     target = {k: jax.tree.map(shaped, v, is_leaf=_is_array_like) for k, v in stored.items()}
-    target["params"] = params
+    if not as_stored:
+        target["params"] = params
     return target
 
 

@@ -287,9 +287,16 @@ def _train(config, workdir, mesh, task, model, tx, schedule):
     else:
         state = state_lib.sharded_train_state(config, model, tx, mesh, init_inputs)
         if config.init_from:
-            params, meta, path = checkpoint.restore_params(config.init_from, target.params)
+            stored, meta, path = checkpoint.restore_params(
+                config.init_from, target.params, as_stored=True
+            )
+            params, fresh, unused = checkpoint.merge_params(state.params, stored, path)
             state = state.replace(params=params)
             print(f"initialised parameters from {path} (step {meta['step']})")
+            for what, paths in (("kept their fresh init", fresh), ("unused", unused)):
+                if paths:
+                    more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+                    print(f"  {len(paths)} parameters {what}: {', '.join(paths[:3])}{more}")
     start = int(sharding.to_host(state.step))
 
     compiled = {}  # model -> train step; a family's static shapes may follow its parameters

@@ -107,3 +107,41 @@ def test_one_device_equals_eight(tmp_path):
     train.train_and_evaluate(config, tmp_path / "eight")
     losses = lambda w: [e["loss"] for e in writers.read_metrics(w) if e["split"] == "train"]
     np.testing.assert_allclose(losses(tmp_path / "one"), losses(tmp_path / "eight"), rtol=1e-5)
+
+
+def test_pruning_run_starts_from_a_baseline_without_gates(tmp_path, capsys):
+    """init_from a baseline with no gates (C.3's pre-init): every shared parameter comes from
+    the baseline, the gates keep their fresh init and the run says so; a checkpoint of
+    another architecture is a one-line error."""
+    import numpy as np
+
+    from lmjax import checkpoint
+
+    config = _config(tmp_path)
+    config.train.num_steps = config.train.checkpoint_every = 3
+    config.train.eval_every, config.train.eval_steps = 100, 1
+    train.train_and_evaluate(config, tmp_path / "base")
+    prune = _config(tmp_path, concrete_heads=("enc-self", "dec-self", "dec-enc"))
+    prune.train.num_steps = prune.train.checkpoint_every = 1
+    prune.train.eval_every, prune.train.eval_steps = 100, 1
+    prune.optim.learning_rate = 0.0  # the step leaves the parameters as they were loaded
+    prune.init_from = str(tmp_path / "base")
+    train.train_and_evaluate(prune, tmp_path / "prune")
+    out = capsys.readouterr().out
+    assert "6 parameters kept their fresh init: dec_0/enc_attn/gate/log_a" in out
+    base = checkpoint.Checkpoints(tmp_path / "base", read_only=True)
+    pruned = checkpoint.Checkpoints(tmp_path / "prune", read_only=True)
+    a = base.latest.restore(3).state["params"]
+    b = pruned.latest.restore(1).state["params"]
+    np.testing.assert_array_equal(
+        b["enc_0"]["ffn"]["conv1"]["kernel"], a["enc_0"]["ffn"]["conv1"]["kernel"]
+    )
+    assert "log_a" in b["enc_0"]["self_attn"]["gate"]
+    base.close(), pruned.close()
+    wide = _config(tmp_path)
+    wide.model.d_ff = 128
+    wide.init_from = str(tmp_path / "base")
+    with pytest.raises(
+        UserError, match="init_from .*: parameter .*/conv1/.* in the checkpoint, .* in the model"
+    ):
+        train.train_and_evaluate(wide, tmp_path / "wide")
