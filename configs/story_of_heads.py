@@ -125,6 +125,13 @@ def get_config(arg=None):
         # restarted warmup is 100 updates.
         o.lr_scale = {"*/gate/log_a": 10.0}
         o.warmup_steps = 100
+        # 600 updates (~15 minutes here) close most gates. A checkpoint every 50 steps, all
+        # kept, is the notebook's picture of the gates over the run. No in-training BLEU: best/
+        # ranks by BLEU alone and would keep an early checkpoint with more heads open, so
+        # eval and export read the run's last checkpoint.
+        t.num_steps = 600
+        t.checkpoint_every, t.keep_checkpoints = 50, 100
+        t.eval_every = 100_000
     elif arg.variant == "multi30k_fixed":
         pass  # set model.alive_heads, e.g. from a pruned run's open heads
     elif arg.variant.startswith(("wmt_en_ru", "wmt_en_de")):

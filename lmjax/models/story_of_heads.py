@@ -243,6 +243,29 @@ class _Attention(nn.Module):
         return out.astype(jnp.float32), stats, cache
 
 
+_SUBLAYERS = {"enc-self": ("enc", "self_attn"), "dec-self": ("dec", "self_attn")}
+_SUBLAYERS["dec-enc"] = ("dec", "enc_attn")
+
+
+def head_gates(config, params):
+    """{type: float array [layers, heads]}: what multiplies each head's output at evaluation,
+    for every gated or masked attention type of a (not pruned) model: the deterministic eval
+    gate of C.3 for a gated type (0 = closed, prunable), the fixed 0/1 mask of a masked one.
+    `config` is the model's StoryOfHeadsConfig, `params` its parameters (arrays or numpy)."""
+    out = {}
+    for kind in ATTENTION_TYPES:
+        side, sub = _SUBLAYERS[kind]
+        if config.alive(kind, 0) is not None:
+            out[kind] = np.asarray(dict(config.alive_heads)[kind], np.float32)
+        elif kind in config.concrete_heads:
+            rows = [
+                gates.eval_gate(params[f"{side}_{i}"][sub]["gate"]["log_a"])
+                for i in range(config.num_layers)
+            ]
+            out[kind] = np.asarray(jnp.stack(rows), np.float32)
+    return out
+
+
 def _keep_heads(a, parts, num_heads, idx):
     """The columns of heads `idx` of a projection [..., parts x heads x k] (a kernel or bias
     whose output is `parts` blocks, q | k | v, of contiguous head columns)."""
@@ -454,21 +477,15 @@ class StoryOfHeads(base.Family):
         if not kinds:
             return None
         params = jax.tree.map(np.asarray, params)
-        names = {"enc-self": ("enc", "self_attn"), "dec-self": ("dec", "self_attn")}
-        names["dec-enc"] = ("dec", "enc_attn")
+        values = head_gates(c, params)
         hk, d = c.head_dim, c.d_model
         kept = {}
         for kind in kinds:
-            side, sub = names[kind]
+            side, sub = _SUBLAYERS[kind]
             kept[kind] = []
             for layer in range(c.num_layers):
                 p = dict(params[f"{side}_{layer}"][sub])
-                alive = c.alive(kind, layer)
-                g = (
-                    np.asarray(gates.eval_gate(p.pop("gate")["log_a"]))
-                    if alive is None
-                    else np.asarray(alive, np.float32)
-                )
+                g = values[kind][layer]
                 p.pop("gate", None)
                 idx = np.flatnonzero(g != 0)
                 kept[kind].append([float(x) for x in g[idx]])

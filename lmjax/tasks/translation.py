@@ -185,6 +185,10 @@ class TranslationTask(base.Task):
         """The source side of `split` (detokenised text)."""
         return self._lines(split)[0]
 
+    def pairs(self, split):
+        """(source lines, target lines) of `split`, as read (detokenised text)."""
+        return self._lines(split)
+
     def translate_lines(self, model, params, lines):
         """Translations (beam search with eval.beam_size; 1 = greedy) of source `lines`
         (detokenised text)."""

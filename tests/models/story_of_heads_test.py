@@ -260,6 +260,10 @@ def test_pruned_model_is_the_gated_model_without_its_closed_heads():
     params = jax.tree.map(np.asarray, params)
     for (layer, sub), value in log_a.items():
         params[layer][sub]["gate"]["log_a"] = np.asarray(value, np.float32)
+    values = soh.head_gates(cfg, params)  # what the notebook plots: the heads' eval gates
+    assert sorted(values) == ["dec-enc", "dec-self", "enc-self"]
+    np.testing.assert_array_equal(values["dec-self"], [[1, 0, 1, 1], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(values["enc-self"][:, [0, 1, 3]], [[1, 0, 0], [0, 0, 0]])
     fields, small = model.pruned(params)
     assert fields["concrete_heads"] == [] and fields["alive_heads"] == {}
     assert [len(r) for r in fields["kept_heads"]["enc-self"]] == [2, 0]
