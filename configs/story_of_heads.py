@@ -13,6 +13,8 @@ Variants (`--config=configs/story_of_heads.py:VARIANT`):
                   again, as the reference's pre-init (C.5).
   multi30k_fixed  from scratch with fixed head masks (model.alive_heads = {type: 6 x 8 0/1});
                   the paper's "same configuration trained from scratch" comparison.
+                  `multi30k_fixed,heads=FILE` reads them from the alive_heads.json that
+                  `lmjax.export --prune` writes beside a pruned model (any *_fixed variant).
   multi30k_prune_enc  as multi30k_prune with gates on enc-self only and everything but the
                   encoder frozen (optim.trainable = emb_inp*, enc*), C.4.
   wmt_en_ru       Transformer-base (d 512, 8 heads, d_ff 2048, 6 + 6 layers), 32k BPE per side,
@@ -61,7 +63,8 @@ from configs import common
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, variant="multi30k", lam=-1.0)  # lam < 0: the variant's λ
+    # lam < 0: the variant's λ; heads: an alive_heads.json for the *_fixed variants
+    arg = common.parse_arg(arg, variant="multi30k", lam=-1.0, heads="")
     config = common.base_config()
     config.seed = 42
     config.task = "translation"
@@ -169,4 +172,25 @@ def get_config(arg=None):
         raise ValueError(f"unknown variant {arg.variant!r}")
     if arg.lam >= 0:
         m.gate_coef = arg.lam
+    if arg.heads:
+        if not arg.variant.endswith("_fixed"):
+            raise ValueError(f"heads= is for the *_fixed variants, not {arg.variant!r}")
+        m.alive_heads = _read_heads(arg.heads)
     return config
+
+
+def _read_heads(path):
+    """{type: [layers][heads] 0/1} from an alive_heads.json (lmjax.export --prune)."""
+    import json
+    import os
+
+    try:
+        with open(os.path.expanduser(path)) as f:
+            heads = json.load(f)
+    except OSError as e:
+        raise ValueError(f"heads={path}: {e.strerror}") from None
+    except ValueError:
+        raise ValueError(f"heads={path}: not JSON") from None
+    if not isinstance(heads, dict) or not all(isinstance(v, list) for v in heads.values()):
+        raise ValueError(f"heads={path}: not {{type: [layers][heads] 0/1}}")
+    return heads

@@ -7,6 +7,9 @@ matrices and an attention sublayer with no open head keeps only its output bias.
 
   checkpoints/STEP   the pruned parameters (the orbax layout the trainer writes, params only)
   config_overrides.json  the model fields the pruned parameters need (`model.kept_heads`, ...)
+  alive_heads.json  the open heads as {type: [layers][heads] 0/1} (`Family.head_masks`): the
+                 fixed masks of a from-scratch run with the same heads
+                 (`--config=configs/story_of_heads.py:multi30k_fixed,heads=OUT/alive_heads.json`)
 
 and `--mode=eval` / `--mode=translate --workdir=OUT` with the original `--config` flag read
 the overrides from OUT (lmjax/cli.py `apply_workdir_overrides`), so they run the pruned model.
@@ -33,6 +36,7 @@ from lmjax import state as state_lib
 from lmjax.errors import UserError
 
 FLAGS = flags.FLAGS
+ALIVE_HEADS = "alive_heads.json"  # the open heads as 0/1 masks, for configs' heads=FILE
 
 
 def _count(tree):
@@ -88,11 +92,17 @@ def export_pruned(config, workdir, out):
         ckpts.close()
         with open(os.path.join(tmp, cli.WORKDIR_OVERRIDES), "w") as f:
             json.dump(overrides, f, indent=1)
+        masks = model.head_masks(jax.device_get(params))
+        if masks is not None:  # for a from-scratch run with the same heads (`*_fixed`)
+            with open(os.path.join(tmp, ALIVE_HEADS), "w") as f:
+                json.dump(masks, f)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     summary = {"from": path, "out": out, "step": step}
+    if masks is not None:
+        summary["alive_heads"] = os.path.join(out, ALIVE_HEADS)
     summary["params_before"], summary["params_after"] = _count(params), _count(small)
     for kind, rows in fields.get("kept_heads", {}).items():
         summary[f"heads_{kind}"] = sum(len(r) for r in rows)
@@ -143,6 +153,10 @@ def main(argv):
         f"{s['params_before']:,} -> {s['params_after']:,} "
         f"({100 * s['params_after'] / s['params_before']:.1f}%); wrote {s['out']}"
     )
+    if "alive_heads" in s:
+        print(
+            f"the open heads as fixed masks (a from-scratch run's heads=FILE): {s['alive_heads']}"
+        )
     sys.stdout.flush()
     if FLAGS.measure:
         equal, r = measure(config, FLAGS.workdir, s["out"], FLAGS.measure)

@@ -67,6 +67,13 @@ def test_tiny_translation_trains_resumes_and_scores_bleu(tmp_path):
         pruned_config, tmp_path / "pruned", input=str(tmp_path / "in.en")
     )
     assert again == out
+    # The open heads as fixed masks, for the from-scratch comparison (`*_fixed,heads=FILE`).
+    fixed = soh_config.get_config(f"multi30k_fixed,heads={summary['alive_heads']}")
+    masks = fixed.model.alive_heads
+    assert sorted(masks) == ["dec-enc", "enc-self"] and len(masks["enc-self"]) == 2
+    assert all(x in (0, 1) for row in masks["enc-self"] for x in row)
+    with pytest.raises(ValueError, match="heads=nowhere.json: No such file"):
+        soh_config.get_config("multi30k_fixed,heads=nowhere.json")
     with pytest.raises(UserError, match="exists; give a new directory"):
         export.export_pruned(config, tmp_path / "whole", tmp_path / "pruned")
     config.model.concrete_heads = ()

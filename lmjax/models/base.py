@@ -76,6 +76,14 @@ class Family(nn.Module):
         del params
         return None
 
+    def head_masks(self, params):
+        """{attention type: [layers][heads] 0/1}: the heads a gated model keeps open (what a
+        model trained from scratch with the same heads, the Story of Heads' comparison, takes
+        as fixed masks; `lmjax.export --prune` writes it as alive_heads.json); None where the
+        family has no head gates."""
+        del params
+        return None
+
     def nll(self, tokens, targets, carry=None, *, train):
         """tokens, targets: [b, t] int. Returns (nll [b, t] float32, carry, aux)."""
         logits, carry, aux = self(tokens, carry, train=train)

@@ -512,6 +512,14 @@ class StoryOfHeads(base.Family):
         }
         return fields, params
 
+    def head_masks(self, params):
+        """{type: [layers][heads] 1 if the head's eval gate (or fixed mask) is not 0}, for every
+        gated or masked type: `model.alive_heads` of a `*_fixed` run (C.4). None if none."""
+        values = head_gates(self.config, jax.tree.map(np.asarray, params))
+        if not values:
+            return None
+        return {k: [[int(x != 0) for x in row] for row in v] for k, v in values.items()}
+
     def nll(self, src, src_mask, tgt, *, train):
         """Label-smoothed per-token loss [b, t] and aux."""
         logits, aux = self(src, src_mask, tgt, train=train)
