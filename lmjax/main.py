@@ -6,6 +6,7 @@ valid and test splits), generate (a sampled continuation of --prompt), translate
 mistake prints one line and exits with status 2; see lmjax/errors.py and lmjax/cli.py.
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -30,6 +31,42 @@ flags.DEFINE_integer("top_k", 0, "generate: sample among the k most likely token
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    ["auto", "on", "off"],
+    "Multi-process start-up: 'auto' joins a job when --coordinator_address is given or when "
+    "SLURM or Open MPI launched several tasks (jax.distributed.initialize() reads their "
+    "environment); 'on' always calls jax.distributed.initialize() (a Cloud TPU slice, whose "
+    "workers JAX finds itself: launch/tpu_vm.sh); 'off' runs alone.",
+)
+
+
+def _cluster_launched():
+    """Whether SLURM (srun) or Open MPI (mpirun) started this process as one of several: the
+    environment JAX's own cluster detection reads (jax._src.clusters)."""
+    env = os.environ
+    slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID")
+    if all(k in env for k in slurm) and int(env["SLURM_NTASKS"]) > 1:
+        return True
+    return int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+
+
+def _initialize_distributed():
+    """jax.distributed.initialize as --distributed says (before any other JAX call)."""
+    import jax
+
+    if FLAGS.distributed == "off":
+        return
+    if FLAGS.coordinator_address:
+        jax.distributed.initialize(
+            FLAGS.coordinator_address,
+            FLAGS.num_processes,
+            FLAGS.process_id,
+            initialization_timeout=120,
+        )
+    elif FLAGS.distributed == "on" or _cluster_launched():
+        jax.distributed.initialize(initialization_timeout=300)
 
 
 def main(argv):
@@ -47,15 +84,7 @@ def main(argv):
         config = cli.apply_workdir_overrides(config, workdir)  # e.g. a pruned export's
     except UserError as e:
         cli.fail(str(e))
-    if FLAGS.coordinator_address:  # elsewhere (TPU pods, SLURM) jax discovers its peers itself
-        import jax
-
-        jax.distributed.initialize(
-            FLAGS.coordinator_address,
-            FLAGS.num_processes,
-            FLAGS.process_id,
-            initialization_timeout=120,
-        )
+    _initialize_distributed()
     try:
         if FLAGS.mode == "train":
             summary = train.train_and_evaluate(config, workdir)

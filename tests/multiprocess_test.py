@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from lmjax import writers
 
@@ -29,37 +30,56 @@ def _losses(workdir):
     return [e["loss"] for e in writers.read_metrics(workdir) if e["split"] == "train"]
 
 
-def test_two_processes_equal_one(tmp_path):
-    cmd = [sys.executable, "-m", "lmjax.main", *ARGS]
-    one = subprocess.run(
-        [*cmd, f"--workdir={tmp_path / 'one'}"],
-        cwd=ROOT,
-        env=_env(8),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+@pytest.fixture(scope="module")
+def one_process_losses(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("one")
+    cmd = [sys.executable, "-m", "lmjax.main", *ARGS, f"--workdir={workdir}"]
+    one = subprocess.run(cmd, cwd=ROOT, env=_env(8), capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
+    assert len(_losses(workdir)) == 3
+    return _losses(workdir)
 
-    address = f"127.0.0.1:{_free_port()}"
-    # Output goes to files: a pipe that one process fills while we wait on the other would
-    # block it inside a collective and deadlock both.
-    flags = [f"--workdir={tmp_path / 'two'}", f"--coordinator_address={address}"]
-    procs, logs = [], [tmp_path / f"log{i}" for i in range(2)]
+
+def _two_processes(workdir, flags, envs):
+    """Runs two processes (4 devices each) to the end; output goes to files: a pipe that one
+    process fills while we wait on the other would block it inside a collective and deadlock
+    both."""
+    cmd = [sys.executable, "-m", "lmjax.main", *ARGS, f"--workdir={workdir}"]
+    procs, logs = [], [workdir.parent / f"{workdir.name}.log{i}" for i in range(2)]
     for i in range(2):
         with open(logs[i], "w") as log:
             procs.append(
                 subprocess.Popen(
-                    [*cmd, *flags, "--num_processes=2", f"--process_id={i}"],
+                    [*cmd, *flags(i)],
                     cwd=ROOT,
-                    env=_env(4),
+                    env=envs(i),
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                )
+                )  # fmt: skip
             )
     for p, log in zip(procs, logs, strict=True):
         p.wait(timeout=300)
         assert p.returncode == 0, log.read_text()[-3000:]
-    np.testing.assert_allclose(_losses(tmp_path / "two"), _losses(tmp_path / "one"), rtol=1e-6)
-    assert len(_losses(tmp_path / "one")) == 3
-    assert (tmp_path / "two" / "checkpoints" / "3").is_dir()
+    assert (workdir / "checkpoints" / "3").is_dir()
+    return _losses(workdir)
+
+
+def test_two_processes_equal_one(tmp_path, one_process_losses):
+    address = f"127.0.0.1:{_free_port()}"
+    flags = lambda i: [f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"]
+    two = _two_processes(tmp_path / "two", flags, lambda i: _env(4))
+    np.testing.assert_allclose(two, one_process_losses, rtol=1e-6)
+
+
+def test_two_slurm_tasks_equal_one(tmp_path, one_process_losses):
+    """What launch/slurm.sbatch's srun starts: no coordinator flags, --distributed=auto, and
+    SLURM's environment for jax.distributed.initialize() to read (here one node, localhost;
+    a free port instead of the one jax derives from the job id)."""
+    port = str(_free_port())
+    slurm = lambda i: dict(
+        _env(4), SLURM_JOB_ID="4242", SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2",
+        SLURM_PROCID=str(i), SLURM_LOCALID=str(i), SLURM_STEP_NUM_NODES="1",
+        JAX_COORDINATOR_PORT=port,
+    )  # fmt: skip
+    two = _two_processes(tmp_path / "slurm", lambda i: ["--distributed=auto"], slurm)
+    np.testing.assert_allclose(two, one_process_losses, rtol=1e-6)
