@@ -17,7 +17,16 @@ Its translations are the gated model's: eval gates are the same numbers, applied
 OUT is written under a temporary name and renamed when complete, so it is never half-written;
 an OUT that exists already is refused.
 
-The serialised one-step decoder (`jax.export`, without --prune) is not written yet.
+`python -m lmjax.export --config=CONFIG --workdir=DIR --out=FILE` (without --prune) writes a
+language model's one-step decoder, serialised with `jax.export`, and its parameters, as one .npz
+file: `step(params, token [1, 1] int32, state) -> (logits [1, v] float32, state)` and
+`init(total_len int32 []) -> state` (the O(1) decoding state of the recurrent and fast-weight
+families: LSTM and SRU states, attention memories, fast weights; `total_len` matters only where
+positions count down to the end, as the fast-weight models'), lowered for `--platforms`
+(default cpu, cuda and tpu: one artifact runs on any of them). `--mode=generate
+--exported=FILE` samples from it without the model code or a config (lmjax/generate.py
+`sample_exported`); the vocabulary (bytes, or the word list) travels in the file's metadata.
+A family that has no decoding state (it decodes by rerunning its window) has nothing to export.
 """
 
 import json
@@ -27,6 +36,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -109,6 +119,92 @@ def export_pruned(config, workdir, out):
     return summary
 
 
+DECODER_FORMAT = "lmjax-decoder-1"
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export lowers for
+
+
+def export_decoder(config, workdir, out, platforms=("cpu", "cuda", "tpu")):
+    """Writes the one-step decoder of `workdir`'s language model to the file `out` (.npz).
+    Returns a summary dict."""
+    from lmjax.data import corpora
+    from lmjax.tasks import lm
+
+    unknown = [p for p in platforms if p not in PLATFORMS]
+    if unknown or not platforms:
+        raise UserError(
+            f"--platforms={','.join(platforms)}: unknown platform {unknown[0] if unknown else ''!r}"
+            f"; known: {', '.join(PLATFORMS)}"
+        )
+    out = os.path.abspath(out)
+    if os.path.exists(out):
+        raise UserError(f"--out={out} exists; give a new file name (nothing was written)")
+    if not os.path.isdir(os.path.dirname(out)):
+        raise UserError(f"--out={out}: no directory {os.path.dirname(out)}")
+    task = tasks.get_task(config)
+    if not isinstance(task, lm.LMTask):
+        raise UserError(
+            f"task {type(task).__name__} has no one-step decoder to export; for a translation "
+            "model, --prune writes a smaller workdir"
+        )
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    task, model, params, meta, path = evaluate.restore_for_inference(config, workdir, mesh)
+    if model.decode_carry(1, 2) is None:
+        raise UserError(
+            f"{config.model_name} ({path}) has no decoding state: it decodes by rerunning its "
+            "window, so there is no one-step decoder to export"
+        )
+    params = jax.device_get(params)
+    leaves, params_def = jax.tree.flatten(params)
+    carry_def = jax.tree.structure(model.decode_carry(1, 2))
+
+    def init(total_len):
+        return jax.tree.leaves(model.decode_carry(1, total_len))
+
+    def step(param_leaves, token, carry_leaves):
+        p = jax.tree.unflatten(params_def, param_leaves)
+        carry = jax.tree.unflatten(carry_def, carry_leaves)
+        logits, carry, _ = model.apply({"params": p}, token, carry, train=False)
+        return logits[:, -1].astype(jnp.float32), jax.tree.leaves(carry)
+
+    spec = lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype)
+    carry_specs = [spec(x) for x in jax.eval_shape(init, jnp.int32(2))]
+    try:
+        exp_init = jax.export.export(jax.jit(init), platforms=platforms)(
+            jax.ShapeDtypeStruct((), jnp.int32)
+        )
+        exp_step = jax.export.export(jax.jit(step), platforms=platforms)(
+            [spec(x) for x in leaves], jax.ShapeDtypeStruct((1, 1), jnp.int32), carry_specs
+        )
+    except (ValueError, NotImplementedError) as e:  # a platform the lowering does not support
+        raise UserError(f"--platforms={','.join(platforms)}: {str(e).splitlines()[0]}") from None
+    level = corpora.level(config.data)
+    info = {
+        "format": DECODER_FORMAT,
+        "model_name": config.model_name,
+        "from": path,
+        "step": int(meta["step"]),
+        "vocab_size": int(model.config.vocab_size),
+        "level": level,
+        "vocab": list(corpora.load_vocab(config.data)) if level == "word" else None,
+        "platforms": list(platforms),
+        "state": [[list(x.shape), str(x.dtype)] for x in carry_specs],
+        "parameters": _count(params),
+    }
+    arrays = {f"param_{i}": np.asarray(x) for i, x in enumerate(leaves)}
+    arrays["init"] = np.frombuffer(exp_init.serialize(), np.uint8)
+    arrays["step"] = np.frombuffer(exp_step.serialize(), np.uint8)
+    arrays["meta"] = np.asarray(json.dumps(info))
+    tmp = f"{out}.partial-{os.getpid()}.npz"  # np.savez adds .npz to a name without it
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return dict(info, out=out, bytes=os.path.getsize(out), vocab=None)
+
+
 def measure(config, workdir, out, split):
     """Translates `split`'s sources with the original and the pruned model: (equal, {name:
     (sentences/s, parameters)}). Each model translates twice, the first time compiling."""
@@ -136,7 +232,20 @@ def main(argv):
         if FLAGS[name].value is None:
             cli.fail(f"--{name} is required")
     if not FLAGS.prune:
-        cli.fail("only --prune is implemented (the jax.export of one-step decoding is not yet)")
+        platforms = tuple(p.strip() for p in FLAGS.platforms.split(",") if p.strip())
+        try:
+            config = cli.apply_workdir_overrides(FLAGS.config, FLAGS.workdir)
+            tasks.get_task(config)
+            s = export_decoder(config, FLAGS.workdir, FLAGS.out, platforms)
+        except UserError as e:
+            cli.fail(str(e))
+        print(
+            f"exported {s['model_name']} from {s['from']} (step {s['step']}) for "
+            f"{', '.join(s['platforms'])}: {s['parameters']:,} parameters, state "
+            f"{' '.join('x'.join(map(str, shape)) + ' ' + dtype for shape, dtype in s['state'])}; "
+            f"wrote {s['out']} ({s['bytes'] / 2**20:.1f} MiB)"
+        )
+        return
     try:
         config = cli.apply_workdir_overrides(FLAGS.config, FLAGS.workdir)
         tasks.get_task(config)  # the config's own errors first
@@ -175,8 +284,11 @@ def _define_flags():
         "config", None, "Experiment config file[:variant].", lock_config=True
     )
     flags.DEFINE_string("workdir", None, "The trained workdir to export from.")
-    flags.DEFINE_string("out", None, "The new workdir to write (must not exist).")
+    flags.DEFINE_string("out", None, "The new workdir (--prune) or decoder file (.npz) to write.")
     flags.DEFINE_bool("prune", False, "Remove what the model's gates closed (Story of Heads).")
+    flags.DEFINE_string(
+        "platforms", "cpu,cuda,tpu", "Without --prune: the platforms the decoder is lowered for."
+    )
     flags.DEFINE_string(
         "measure",
         None,

@@ -60,6 +60,89 @@ def sample(params, prompt, rng, *, model, length, temperature=1.0, top_k=0):
     return tokens
 
 
+def load_exported(path):
+    """(info, init, step, params) of a decoder file written by `lmjax.export` (no --prune):
+    `init(total_len)` and `step(params, token, state)` are the deserialised jax.export
+    functions, jitted. A file that is not one is a UserError naming it."""
+    import json
+    import os
+    import zipfile
+
+    import numpy as np
+
+    from lmjax.errors import UserError
+
+    if not os.path.isfile(path):
+        raise UserError(f"--exported: no file {path}")
+    try:
+        with np.load(path) as f:
+            info = json.loads(str(f["meta"]))
+            if info.get("format") != "lmjax-decoder-1":
+                raise ValueError(f"format {info.get('format')!r}")
+            init = jax.export.deserialize(bytearray(f["init"].tobytes()))
+            step = jax.export.deserialize(bytearray(f["step"].tobytes()))
+            params = [f[f"param_{i}"] for i in range(len(step.in_avals) - 1 - len(info["state"]))]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise UserError(f"--exported={path} is not an lmjax decoder file ({e})") from None
+    platform = jax.devices()[0].platform
+    if platform not in info["platforms"] and not (
+        platform == "gpu" and "cuda" in info["platforms"]
+    ):
+        raise UserError(
+            f"--exported={path} was exported for {', '.join(info['platforms'])}, not {platform}"
+        )
+    return info, jax.jit(init.call), jax.jit(step.call), params
+
+
+def sample_exported(path, prompt_ids, length, *, temperature=1.0, top_k=0, seed=0):
+    """Samples `length` tokens after prompt_ids [1, p] from a decoder file, one step a token:
+    the prompt is fed token by token into the state from `init(p + length)`, then each sample
+    is fed back. The random stream is `sample`'s (one split key a sampled token). Returns
+    (tokens [length] int32, info)."""
+    import numpy as np
+
+    info, init, step, params = load_exported(path)
+    prompt_ids = np.asarray(prompt_ids, np.int32).reshape(1, -1)
+    state = init(np.int32(prompt_ids.shape[1] + length))
+    for t in range(prompt_ids.shape[1]):
+        logits, state = step(params, prompt_ids[:, t : t + 1], state)
+    out = []
+    for rng_t in jax.random.split(jax.random.PRNGKey(seed), length):
+        token = _pick(logits, rng_t, temperature, top_k)
+        out.append(int(token[0]))
+        logits, state = step(params, token[:, None], state)
+    return np.asarray(out, np.int32), info
+
+
+def run_exported(path, *, prompt="", length=200, temperature=1.0, top_k=0, seed=0):
+    """--mode=generate --exported=FILE: prints the prompt and a continuation sampled from the
+    decoder file alone (no config, no model code). Returns the generated text."""
+    from lmjax.data import words
+    from lmjax.tasks import lm
+
+    info, *_ = load_exported(path)
+    v = info["vocab_size"]
+    if not (length > 0 and temperature >= 0 and 0 <= top_k <= v):
+        from lmjax.errors import UserError
+
+        raise UserError(
+            f"--length={length} must be positive, --temperature={temperature} >= 0 and "
+            f"--top_k={top_k} in [0, {v}]"
+        )
+    vocab = info["vocab"]
+    ids = lm.encode_prompt(prompt, v) if vocab is None else lm.encode_word_prompt(prompt, vocab)
+    tokens, _ = sample_exported(
+        path, ids, length, temperature=float(temperature), top_k=int(top_k), seed=seed
+    )
+    if vocab is None:
+        text = bytes(int(x) for x in tokens).decode("utf-8", errors="replace")
+    else:
+        text = words.decode(tokens, tuple(vocab))
+        text = text if not prompt or text.startswith("\n") else " " + text
+    print(prompt + text)
+    return text
+
+
 def run_generate(config, workdir, **options):
     """--mode=generate: the task decodes from the best (else latest) checkpoint; `options` are
     the command line's (prompt, length, temperature, top_k). Returns the generated text."""

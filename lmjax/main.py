@@ -28,6 +28,9 @@ flags.DEFINE_string("prompt", "", "generate: the text to continue.")
 flags.DEFINE_integer("length", 200, "generate: tokens (bytes or words) to sample.")
 flags.DEFINE_float("temperature", 1.0, "generate: softmax temperature (0 = greedy).")
 flags.DEFINE_integer("top_k", 0, "generate: sample among the k most likely tokens (0 = all).")
+flags.DEFINE_string(
+    "exported", None, "generate: sample from a decoder file of `lmjax.export` (no --config)."
+)
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
@@ -77,6 +80,17 @@ def main(argv):
         cli.fail(f"unexpected arguments {argv[1:]}")
     if FLAGS.config is not None and FLAGS.mode == "show_config":
         return cli.show_config(FLAGS.config)
+    if FLAGS.exported is not None:
+        if FLAGS.mode != "generate":
+            cli.fail(f"--exported is for --mode=generate, not --mode={FLAGS.mode}")
+        try:
+            generate.run_exported(
+                FLAGS.exported, prompt=FLAGS.prompt, length=FLAGS.length,
+                temperature=FLAGS.temperature, top_k=FLAGS.top_k,
+            )  # fmt: skip
+        except UserError as e:
+            cli.fail(str(e))
+        return
     if FLAGS.config is None or FLAGS.workdir is None:
         cli.fail("--config and --workdir are required")
     config, workdir = FLAGS.config, FLAGS.workdir

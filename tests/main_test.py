@@ -330,16 +330,18 @@ def test_read_only_workdir_is_one_line_for_train_and_eval(trained, monkeypatch, 
 
 
 def test_export_mistakes_are_one_line(trained, tmp_path):
-    """lmjax.export: without --prune, a model with nothing to prune, an --out that exists; and
-    a workdir whose config_overrides.json is broken: one line, exit 2, nothing written."""
+    """lmjax.export: a model with nothing to prune, an --out that exists or has no directory;
+    and a workdir whose config_overrides.json is broken: one line, exit 2, nothing written."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     before = _snapshot(trained / "work")
     base = [sys.executable, "-m", "lmjax.export", "--config=configs/sha_rnn.py:tiny"]
     base += _text_args(trained)
     cases = [
-        ([f"--out={tmp_path / 'a'}"], "only --prune is implemented"),
         (["--prune", f"--out={tmp_path / 'a'}"], "has nothing to prune"),
         (["--prune", f"--out={tmp_path}"], "exists; give a new directory"),
+        ([f"--out={tmp_path}"], "exists; give a new file name"),
+        ([f"--out={tmp_path / 'no' / 'a.npz'}"], "no directory"),
+        ([f"--out={tmp_path / 'a'}", "--platforms=cpu,abacus"], "--platforms=cpu,abacus"),
     ]
     for extra, message in cases:
         r = subprocess.run(base + extra, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -351,4 +353,28 @@ def test_export_mistakes_are_one_line(trained, tmp_path):
     (bad / "config_overrides.json").write_text("{not json")
     r = _run(f"--workdir={bad}", "--mode=eval")
     assert r.returncode == 2 and "config_overrides.json: unreadable" in r.stderr.strip()
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_exported_decoder_generates_what_the_workdir_generates(trained, tmp_path):
+    """lmjax.export (no --prune) writes the one-step decoder; --mode=generate --exported=FILE
+    needs no --config and prints the checkpoint's own greedy continuation; a file that is not
+    a decoder is one line."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = tmp_path / "sha.npz"
+    cmd = [sys.executable, "-m", "lmjax.export", "--config=configs/sha_rnn.py:tiny"]
+    r = subprocess.run(cmd + _text_args(trained) + [f"--out={out}"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0 and "for cpu, cuda, tpu" in r.stdout and out.is_file(), r.stderr
+    options = ["--mode=generate", "--prompt=the cat", "--length=50", "--temperature=0"]
+    own = _run(*_text_args(trained), *options)
+    gen = [sys.executable, "-m", "lmjax.main", f"--exported={out}", *options]
+    exported = subprocess.run(gen, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert own.returncode == 0 and exported.returncode == 0, exported.stderr
+    assert exported.stdout == own.stdout and exported.stdout.startswith("the cat")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    r = subprocess.run([*gen[:3], f"--exported={bad}", "--mode=generate"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 2 and "is not an lmjax decoder file" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
