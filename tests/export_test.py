@@ -5,13 +5,16 @@ import jax
 import numpy as np
 import pytest
 
-from configs import fast_weights, sha_rnn, sru_pp
+from configs import adaptive_span, fast_weights, sha_rnn, sru, sru_pp, transformer_xl
 from lmjax import evaluate, export, generate, sharding, train
 from lmjax.errors import UserError
 
 FAMILIES = {
     "sha_rnn": lambda: sha_rnn.get_config("tiny"),
+    "sru": lambda: sru.get_config("tiny"),
     "sru_pp": lambda: sru_pp.get_config("tiny"),
+    "transformer_xl": lambda: transformer_xl.get_config("tiny"),
+    "adaptive_span": lambda: adaptive_span.get_config("tiny"),
     "fast_weights_delta": lambda: fast_weights.get_config("tiny,attn=delta_linear"),
 }
 
