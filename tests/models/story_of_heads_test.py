@@ -290,3 +290,21 @@ def test_pruned_model_is_the_gated_model_without_its_closed_heads():
         a, b = search(model, params, src, mask), search(pruned, small, src, mask)
         a, b = (a[0], b[0]) if isinstance(a, tuple) else (a, b)
         np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+
+
+def test_bfloat16_computes_in_bf16_and_keeps_float32_outputs():
+    """model.dtype='bfloat16': the projections and feed-forwards run in bf16 over float32
+    parameters; logits, gate statistics and the decoding cache's reads stay usable: logits
+    within bf16 rounding of float32, and the K/V cache is bf16 (half the decoding memory)."""
+    gated = dict(concrete_heads=("enc-self", "dec-enc"))
+    f32, bf16 = _model(**gated), _model(**gated, dtype="bfloat16")
+    params = _init(f32)
+    src, mask, tgt = _inputs()
+    logits, aux = f32.apply({"params": params}, src, mask, tgt, train=False)
+    logits16, aux16 = bf16.apply({"params": params}, src, mask, tgt, train=False)
+    assert logits16.dtype == jnp.float32 and aux16["l0_penalty"].dtype == jnp.float32
+    assert np.abs(logits16 - logits).max() < 0.03 * np.abs(logits).max()
+    np.testing.assert_allclose(aux16["l0_penalty"], aux["l0_penalty"], rtol=1e-6)
+    enc, _ = bf16.apply({"params": params}, src, mask, train=False, method="encode")
+    cache = bf16.apply({"params": params}, enc, 5, method="init_cache")
+    assert cache["self"][0][0].dtype == jnp.bfloat16
