@@ -88,6 +88,9 @@ def base_config():
     config.train.checkpoint_every = 500
     config.train.keep_checkpoints = 3
     config.train.grad_accum_steps = 1
+    # replicated: every device holds all parameters and optimizer state; fsdp: split along the
+    # data axis (lmjax/sharding.py), 1/n of them a device, the same losses.
+    config.train.param_sharding = "replicated"
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 8

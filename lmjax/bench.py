@@ -50,13 +50,15 @@ def setup(config, mesh):
     model = model.adapt_to(state.params)
     carry = state_lib.zero_carry(model, config.train.batch_size, mesh)
     step_fn = train.make_train_step(
-        task, model, tx, mesh, state, carry, config.train.grad_accum_steps
-    )
+        task, model, tx, mesh, state, carry, config.train.grad_accum_steps,
+        state_lib.param_sharding(config),
+    )  # fmt: skip
     return task, model, state, carry, step_fn
 
 
 def benchmark(config, steps=20, warmup=3):
     from lmjax import sharding
+    from lmjax import state as state_lib
 
     mesh = sharding.make_mesh()
     sharding.check_batch(
@@ -77,6 +79,13 @@ def benchmark(config, steps=20, warmup=3):
             counts.append(float(sharding.to_host(metrics["count"])))
     median = float(np.median(times))
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+
+    def per_device_mb(tree):  # the bytes of `tree` that device 0 holds
+        return sum(
+            s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards
+            if s.device == jax.devices()[0]
+        ) / 2**20  # fmt: skip
+
     out = {
         "config": config.model_name,
         "params": params,
@@ -90,6 +99,9 @@ def benchmark(config, steps=20, warmup=3):
         # Targets per second, as the trainer logs it (the task's count of a batch).
         "tokens_per_sec": round(float(np.median(counts)) / median, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "param_sharding": state_lib.param_sharding(config),
+        # parameters + optimizer state held by one device (train.param_sharding)
+        "state_mb_per_device": round(per_device_mb((state.params, state.opt_state)), 2),
     }
     if memory is not None:  # XLA's buffer assignment for the step: its working memory beyond
         # the arguments (activations kept for the backward, temporaries), backend-independent

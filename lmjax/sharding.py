@@ -1,8 +1,11 @@
 """Data parallelism: one mesh axis `data` over every device of every host.
 
-Parameters and optimizer state are replicated (P()); batches and carried recurrent state are
-split along their leading batch axis (P("data")), so a row's state lives on the device that holds
-the row.
+Batches and carried recurrent state are split along their leading batch axis (P("data")), so a
+row's state lives on the device that holds the row. Parameters and optimizer state are
+replicated (P(), `train.param_sharding='replicated'`), or with 'fsdp' split along the `data`
+axis too: each array on its largest dimension that the device count divides (arrays with none
+stay replicated), so a device holds about 1/n of them and XLA gathers each where it is used
+(ZeRO-3 / FSDP, as MaxText's `fsdp` axis; one axis for data and parameters here).
 """
 
 import jax
@@ -24,6 +27,28 @@ def replicated(mesh):
 
 def batch_sharded(mesh):
     return NamedSharding(mesh, P("data"))
+
+
+PARAM_SHARDINGS = ("replicated", "fsdp")
+
+
+def state_sharding(mesh, shape, mode):
+    """The sharding of one parameter or optimizer-state array of `shape` under `mode`."""
+    n = mesh.devices.size
+    if mode == "replicated" or n == 1:
+        return replicated(mesh)
+    dims = [i for i, d in enumerate(shape) if d % n == 0 and d >= n]
+    if not dims:
+        return replicated(mesh)
+    axis = max(dims, key=lambda i: (shape[i], -i))  # the largest; the first of equals
+    spec = [None] * len(shape)
+    spec[axis] = "data"
+    return NamedSharding(mesh, P(*spec))
+
+
+def state_shardings(mesh, tree, mode):
+    """`state_sharding` for every array of a pytree of arrays or ShapeDtypeStructs."""
+    return jax.tree.map(lambda x: state_sharding(mesh, tuple(x.shape), mode), tree)
 
 
 def check_batch(field, batch_size, mesh, multiple=1):

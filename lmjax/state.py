@@ -35,7 +35,8 @@ def create_train_state(rng, *, model, tx, init_inputs):
 
 
 def sharded_train_state(config, model, tx, mesh, init_inputs, *, abstract=False):
-    """The initial TrainState replicated over `mesh`, or its ShapeDtypeStructs if `abstract`.
+    """The initial TrainState over `mesh` (replicated, or split as `train.param_sharding`
+    says), or its ShapeDtypeStructs if `abstract`.
 
     Built by one jit with output shardings, so parameters are created where they live.
     """
@@ -44,10 +45,14 @@ def sharded_train_state(config, model, tx, mesh, init_inputs, *, abstract=False)
     init = functools.partial(create_train_state, model=model, tx=tx, init_inputs=init_inputs)
     rng = jax.random.key_data(jax.random.PRNGKey(config.seed))
     shapes = jax.eval_shape(init, rng)
-    shardings = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
+    shardings = sharding.state_shardings(mesh, shapes, param_sharding(config))
     if abstract:
         return with_shardings(shapes, shardings)
     return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def param_sharding(config):
+    return config.train.get("param_sharding", "replicated")
 
 
 def abstract_params(model, init_inputs, mesh):

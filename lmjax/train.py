@@ -113,9 +113,9 @@ def train_step(state, carry, batch, *, task, model, tx, grad_accum_steps=1):
     return new_state, carry, metrics
 
 
-def make_train_step(task, model, tx, mesh, state, carry, grad_accum_steps):
+def make_train_step(task, model, tx, mesh, state, carry, grad_accum_steps, param_sharding):
     repl = sharding.replicated(mesh)
-    state_sh = jax.tree.map(lambda _: repl, state)
+    state_sh = sharding.state_shardings(mesh, state, param_sharding)
     carry_sh = jax.tree.map(lambda _: sharding.batch_sharded(mesh), carry)
     step = functools.partial(
         train_step, task=task, model=model, tx=tx, grad_accum_steps=grad_accum_steps
@@ -144,6 +144,12 @@ def _check_config(config, mesh):
     lr = config.optim.learning_rate
     if not lr >= 0:  # NaN too; inf is allowed (the divergence test uses it)
         raise UserError(f"optim.learning_rate={lr} must be >= 0")
+    mode = t.get("param_sharding", "replicated")
+    if mode not in sharding.PARAM_SHARDINGS:
+        raise UserError(
+            f"train.param_sharding={mode!r} is unknown; known: "
+            + ", ".join(sharding.PARAM_SHARDINGS)
+        )
     sharding.check_batch("train.batch_size", t.batch_size, mesh, t.grad_accum_steps)
     sharding.check_batch("eval.batch_size", config.eval.batch_size, mesh)
 
@@ -304,8 +310,9 @@ def _train(config, workdir, mesh, task, model, tx, schedule):
     def step_fn_for(model):
         if model not in compiled:
             compiled[model] = make_train_step(
-                task, model, tx, mesh, state, carry, config.train.grad_accum_steps
-            )
+                task, model, tx, mesh, state, carry, config.train.grad_accum_steps,
+                state_lib.param_sharding(config),
+            )  # fmt: skip
         return compiled[model]
 
     model = model.adapt_to(state.params)  # e.g. Adaptive-Span: trims from the (restored) spans

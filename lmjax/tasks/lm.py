@@ -129,7 +129,8 @@ class LMTask(base.Task):
 
             self._eval_steps[key] = jax.jit(
                 step,
-                in_shardings=(sharding.replicated(mesh), carry_sh, sharding.batch_sharded(mesh)),
+                # parameters: as they come (replicated, or split by train.param_sharding)
+                in_shardings=(None, carry_sh, sharding.batch_sharded(mesh)),
                 out_shardings=(carry_sh, sharding.replicated(mesh)),
                 donate_argnums=(1,),
             )
