@@ -83,3 +83,17 @@ def test_two_slurm_tasks_equal_one(tmp_path, one_process_losses):
     )  # fmt: skip
     two = _two_processes(tmp_path / "slurm", lambda i: ["--distributed=auto"], slurm)
     np.testing.assert_allclose(two, one_process_losses, rtol=1e-6)
+
+
+def test_one_process_checkpoint_resumes_on_two(tmp_path, one_process_losses):
+    """Elastic resume across processes: 2 steps in one process (8 devices), then the same
+    workdir in two processes (4 devices each) to step 3: the uninterrupted run's losses."""
+    workdir = tmp_path / "elastic"
+    cmd = [sys.executable, "-m", "lmjax.main", *ARGS, "--config.train.num_steps=2"]
+    one = subprocess.run([*cmd, f"--workdir={workdir}"], cwd=ROOT, env=_env(8),
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-2000:]
+    address = f"127.0.0.1:{_free_port()}"
+    flags = lambda i: [f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"]
+    two = _two_processes(workdir, flags, lambda i: _env(4))
+    np.testing.assert_allclose(two, one_process_losses, rtol=1e-6)
