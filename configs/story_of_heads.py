@@ -51,6 +51,13 @@ install, so they are not used. E.g. (newstest2013 as valid, newstest2014 as test
   python -m lmjax.main --config=configs/story_of_heads.py:multi30k --workdir=runs/soh_m30k \\
       --config.data.path=../shared/data/multi30k --mode=eval   # prints valid/test bleu
 
+  Measured on a 2-core CPU (2026-12-06; README "Translation: the Story of Heads on Multi30k"),
+  sacreBLEU, beam 4: `multi30k` stopped after 55 minutes (2,202 steps): valid 36.43, test
+  35.78. `multi30k_prune` from it, 600 steps: λ = 0.1 keeps 10 / 46 / 48 heads (enc-self /
+  dec-self / dec-enc), test 35.67; `multi30k_prune,lam=1.0` keeps 0 / 4 / 18 = 22 of 144, test
+  27.47. The paper (WMT EN-RU, results.md 1d): 29.6 with all heads, 29.62 with 14 / 31 / 30,
+  28.90 with 5 / 9 / 12.
+
 The optimizer is C.5's Adam (β₂ 0.998, ε 1e-9) with the t2t noam schedule, which is `rsqrt`
 after a linear warmup W: lr(step) = 4 (d W)^-1/2 min(step / W, (W / step)^1/2), peaking at
 4 (d W)^-1/2 (1.40e-3 for Transformer-base, W = 16,000). Differences from the reference:

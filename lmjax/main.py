@@ -94,6 +94,11 @@ def main(argv):
     if FLAGS.config is None or FLAGS.workdir is None:
         cli.fail("--config and --workdir are required")
     config, workdir = FLAGS.config, FLAGS.workdir
+    if "://" in workdir:  # gs://, s3://: orbax could, but the locks and logs here are local files
+        cli.fail(
+            f"--workdir={workdir}: URL workdirs are not supported yet; mount the bucket (e.g. "
+            "gcsfuse) or a shared filesystem at one path on every host and pass that path"
+        )
     try:
         config = cli.apply_workdir_overrides(config, workdir)  # e.g. a pruned export's
     except UserError as e:

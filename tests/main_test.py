@@ -97,6 +97,7 @@ def _bad_cases(root):
         "missing config file": (["--config=configs/no_such.py", w], "no such file"),
         "unknown config variant": (["--config=configs/sha_rnn.py:bogus", w], "'bogus'"),
         "workdir is a file": ([f"--workdir={root / 'train.txt'}"], "is a file"),
+        "URL workdir": (["--workdir=gs://bucket/run"], "URL workdirs are not supported yet"),
         "negative temperature": (
             [*_text_args(root), "--mode=generate", "--temperature=-1"],
             "--temperature=-1.0",
@@ -120,6 +121,7 @@ CASES = [
     "missing config file",
     "unknown config variant",
     "workdir is a file",
+    "URL workdir",
     "negative temperature",
     "top_k above the vocabulary",
 ]
