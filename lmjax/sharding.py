@@ -30,12 +30,15 @@ def batch_sharded(mesh):
 
 
 PARAM_SHARDINGS = ("replicated", "fsdp")
+FSDP_MIN_SIZE = 4096  # elements; smaller arrays are replicated under fsdp
 
 
 def state_sharding(mesh, shape, mode):
     """The sharding of one parameter or optimizer-state array of `shape` under `mode`."""
     n = mesh.devices.size
-    if mode == "replicated" or n == 1:
+    # Small arrays (biases, norms, gates, spans) stay whole: splitting them saves nothing, and
+    # host code may read them from one device (Adaptive-Span's trims, a replicated scalar).
+    if mode == "replicated" or n == 1 or int(np.prod(shape)) < FSDP_MIN_SIZE:
         return replicated(mesh)
     dims = [i for i, d in enumerate(shape) if d % n == 0 and d >= n]
     if not dims:

@@ -98,8 +98,11 @@ def test_fsdp_equals_replicated(family, tmp_path):
     params = ckpts.latest.restore(3).state["params"]
     ckpts.close()
     total = sum(x.size for x in jax.tree.leaves(params))
-    split = sum(x.size for x in jax.tree.leaves(params) if any(d % 8 == 0 for d in x.shape))
-    assert split > 0.9 * total  # nearly every parameter is split
+    split = sum(
+        x.size for x in jax.tree.leaves(params)
+        if sharding.state_sharding(mesh, x.shape, "fsdp").spec != ()
+    )  # fmt: skip
+    assert split > 0.5 * total  # most of the parameters are split, even in a tiny model
     train.train_and_evaluate(config("fsdp", 3), tmp_path / "one", devices=jax.devices()[:1])
     np.testing.assert_allclose(
         _train_losses(tmp_path / "one"), _train_losses(tmp_path / "repl"), rtol=1e-5

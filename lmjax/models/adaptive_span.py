@@ -299,7 +299,9 @@ class AdaptiveSpan(base.Family):
         clamp = lambda path, x: jnp.clip(x, 0.0, 1.0) if path[-1].key == "span_z" else x
         return jax.tree_util.tree_map_with_path(clamp, params)
 
-    aux_losses = ("span_penalty",)
+    @property
+    def aux_losses(self):  # the base model (adapt_span off) has no spans to penalise
+        return ("span_penalty",) if self.config.adapt_span else ()
 
     def adapt_to(self, params):
         """Trainer hook, on the host (at start-up and log steps): this model with the static
