@@ -186,9 +186,12 @@ def merge_params(init, stored, source):
                 f"init_from {source}: parameter {k} is {a} in the checkpoint, {b} in the "
                 "model; init_from needs a checkpoint of the same architecture"
             )
-    merged = jax.tree_util.tree_map_with_path(
-        lambda p, x: flat_stored.get(_path_str(p), x).astype(x.dtype), init
-    )
+    take = lambda p, x: (
+        jax.device_put(flat_stored[_path_str(p)].astype(x.dtype), x.sharding)
+        if _path_str(p) in flat_stored
+        else x
+    )  # each stored array laid out as the run's own (replicated or split)
+    merged = jax.tree_util.tree_map_with_path(take, init)
     fresh = sorted(set(flat_init) - set(flat_stored))
     unused = sorted(set(flat_stored) - set(flat_init))
     return merged, fresh, unused
@@ -210,7 +213,10 @@ def _params_target(mngr, params, step, *, as_stored=False):
     checkpoint has them), the other leaves as stored."""
     stored = mngr.item_metadata(step)["state"]
     stored = getattr(stored, "tree", stored)
-    sharding = jax.tree.leaves(params)[0].sharding
+    # Replicated on the target's mesh: the stored shapes need not fit a split of the target's
+    # (train.param_sharding=fsdp splits every array its own way).
+    mesh = jax.tree.leaves(params)[0].sharding.mesh
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     shaped = lambda x: jax.ShapeDtypeStruct(tuple(x.shape), x.dtype, sharding=sharding)
     target = {k: jax.tree.map(shaped, v, is_leaf=_is_array_like) for k, v in stored.items()}
     if not as_stored:

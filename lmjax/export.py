@@ -147,7 +147,9 @@ def export_decoder(config, workdir, out, platforms=("cpu", "cuda", "tpu")):
             "model, --prune writes a smaller workdir"
         )
     mesh = sharding.make_mesh(jax.devices()[:1])
-    task, model, params, meta, path = evaluate.restore_for_inference(config, workdir, mesh)
+    task, model, params, meta, path = evaluate.restore_for_inference(
+        config, workdir, mesh, task=task
+    )
     if model.decode_carry(1, 2) is None:
         raise UserError(
             f"{config.model_name} ({path}) has no decoding state: it decodes by rerunning its "

@@ -3,9 +3,10 @@
 Batches and carried recurrent state are split along their leading batch axis (P("data")), so a
 row's state lives on the device that holds the row. Parameters and optimizer state are
 replicated (P(), `train.param_sharding='replicated'`), or with 'fsdp' split along the `data`
-axis too: each array on its largest dimension that the device count divides (arrays with none
-stay replicated), so a device holds about 1/n of them and XLA gathers each where it is used
-(ZeRO-3 / FSDP, as MaxText's `fsdp` axis; one axis for data and parameters here).
+axis too: each array on its largest dimension that the device count divides (arrays with none,
+and arrays under FSDP_MIN_SIZE elements, stay replicated), so a device holds about 1/n of them
+and XLA gathers each where it is used (ZeRO-3 / FSDP, as MaxText's `fsdp` axis; one axis for
+data and parameters here).
 """
 
 import jax

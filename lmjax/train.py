@@ -144,7 +144,7 @@ def _check_config(config, mesh):
     lr = config.optim.learning_rate
     if not lr >= 0:  # NaN too; inf is allowed (the divergence test uses it)
         raise UserError(f"optim.learning_rate={lr} must be >= 0")
-    mode = t.get("param_sharding", "replicated")
+    mode = state_lib.param_sharding(config)
     if mode not in sharding.PARAM_SHARDINGS:
         raise UserError(
             f"train.param_sharding={mode!r} is unknown; known: "

@@ -103,6 +103,18 @@ def test_fsdp_equals_replicated(family, tmp_path):
         if sharding.state_sharding(mesh, x.shape, "fsdp").spec != ()
     )  # fmt: skip
     assert split > 0.5 * total  # most of the parameters are split, even in a tiny model
+    # init_from a replicated run into an fsdp one: the stored arrays take the new layout.
+    warm = config("fsdp", 1)
+    warm.init_from = str(tmp_path / "repl")
+    warm.optim.learning_rate = 0.0
+    train.train_and_evaluate(warm, tmp_path / "warm")
+    ckpts = checkpoint.Checkpoints(tmp_path / "warm", read_only=True)
+    warm_params = ckpts.latest.restore(1).state["params"]
+    ckpts.close()
+    ckpts = checkpoint.Checkpoints(tmp_path / "repl", read_only=True)
+    repl_params = ckpts.latest.restore(3).state["params"]
+    ckpts.close()
+    jax.tree.map(np.testing.assert_array_equal, warm_params, repl_params)
     train.train_and_evaluate(config("fsdp", 3), tmp_path / "one", devices=jax.devices()[:1])
     np.testing.assert_allclose(
         _train_losses(tmp_path / "one"), _train_losses(tmp_path / "repl"), rtol=1e-5
