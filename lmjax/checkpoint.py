@@ -54,7 +54,16 @@ def _manager(directory, keep):
         carry=ocp.StandardCheckpointHandler(),
         meta=ocp.JsonCheckpointHandler(),
     )
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    # With several processes, orbax names its barriers by step ("_async_write_complete.2"):
+    # checkpoints/ and best/ both saving step 2 asynchronously met at one barrier and hung
+    # (FAILED_PRECONDITION "Barrier ... is already ongoing", then the shutdown barrier timed
+    # out). A prefix per manager (its directory's name) keeps their barriers apart.
+    multiprocessing = ocp.options.MultiprocessingOptions(
+        barrier_sync_key_prefix=os.path.basename(directory)
+    )
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, multiprocessing_options=multiprocessing
+    )
     return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
