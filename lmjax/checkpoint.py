@@ -324,6 +324,7 @@ def _check_fits(mngr, step, state, carry, config):
     an unreadable checkpoint, for the caller to handle."""
     path = os.path.join(str(mngr.directory), str(step))
     metadata = mngr.item_metadata(step)
+    _check_batch_fields(path, _stored_config(mngr, step) if config else None, config)
     pairs = [("state", metadata["state"], state)]
     if carry is not None:
         try:
@@ -348,6 +349,26 @@ def _check_fits(mngr, step, state, carry, config):
             f"checkpoint {path} does not match the config: {diff or detail}; use the config it "
             "was trained with or another --workdir (nothing was changed)"
         )
+
+
+# What a step reads: step s of a run reads the data at s x the global batch (the LM stream's
+# windows, the translation batches), so a resumed run with another global batch or window would
+# neither continue the run's data order nor its schedule's meaning. Another device or process
+# count (elastic resume) and another grad_accum_steps keep them, and are allowed.
+_BATCH_FIELDS = ("train.batch_size", "train.seq_len", "train.batch_len")
+
+
+def _check_batch_fields(path, stored, config):
+    if not stored:
+        return  # checkpoints written before configs were stored: the shapes decide
+    a, b = _flat_config(stored), _flat_config(config)
+    for k in _BATCH_FIELDS:
+        if k in a and k in b and a[k] != b[k]:
+            raise UserError(
+                f"checkpoint {path} was trained with {k}={a[k]!r}, the config says {b[k]!r}: a "
+                "resumed run keeps its global batch (another device or process count is fine); "
+                f"pass --config.{k}={a[k]!r} or start another --workdir (nothing was changed)"
+            )
 
 
 def _stored_config(mngr, step):

@@ -94,6 +94,10 @@ def _bad_cases(root):
             [*_text_args(root), "--config.model.d_model=16"],
             "does not match the config",
         ),
+        "another global batch": (
+            [*_text_args(root), "--config.train.batch_size=16", "--config.train.num_steps=9"],
+            "was trained with train.batch_size=8, the config says 16",
+        ),
         "missing config file": (["--config=configs/no_such.py", w], "no such file"),
         "unknown config variant": (["--config=configs/sha_rnn.py:bogus", w], "'bogus'"),
         "workdir is a file": ([f"--workdir={root / 'train.txt'}"], "is a file"),
@@ -118,6 +122,7 @@ CASES = [
     "prompt outside vocabulary",
     "incompatible checkpoint",
     "eval without a checkpoint",
+    "another global batch",
     "missing config file",
     "unknown config variant",
     "workdir is a file",
