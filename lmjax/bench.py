@@ -9,7 +9,10 @@ devices, backend, the model's static facts (`describe()`, e.g. Adaptive-Span's t
 step_ms_median, tokens_per_sec (targets per second, as the trainer logs), peak_rss_mb (and peak
 device memory where the backend reports it), xla_temp_mb / xla_args_mb (the compiled step's
 temporaries and arguments from XLA's memory analysis: what grows with the sequence length,
-without the runtime's fixed few hundred MB). Never run inside tests.
+without the runtime's fixed few hundred MB), flops_per_token (matmul FLOPs from the step's jaxpr,
+every scan body times its length: `lmjax/flops.py` says why not XLA's cost analysis, which is
+printed beside it for contrast), achieved_gflops and peak_fraction (against this machine's f32
+matmul peak: `python -m lmjax.bench --peak` measures and caches it). Never run inside tests.
 """
 
 import json
@@ -28,6 +31,13 @@ config_flags.DEFINE_config_file(
 )
 flags.DEFINE_integer("steps", 20, "Timed steps after warm-up.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps (the first compiles).")
+flags.DEFINE_bool(
+    "peak",
+    False,
+    "Measure this machine's float32 matmul peak (GFLOP/s, the best of a few 2048^3 matmuls on "
+    "the default device), cache it (~/.cache/lmjax/matmul_peak.json) and print it; every "
+    "benchmark's peak_fraction divides by it (measured once on first use if never cached).",
+)
 flags.DEFINE_list(
     "seq_lens",
     [],
@@ -57,6 +67,7 @@ def setup(config, mesh):
 
 
 def benchmark(config, steps=20, warmup=3):
+    from lmjax import flops as flops_lib
     from lmjax import sharding
     from lmjax import state as state_lib
 
@@ -67,8 +78,11 @@ def benchmark(config, steps=20, warmup=3):
     task, model, state, carry, step_fn = setup(config, mesh)
     host_batch = task.synthetic_batch(model)
     batch = sharding.shard_host_batch(mesh, host_batch)
+    step_flops, loops = flops_lib.step_flops(step_fn, state, carry, batch)
     step_fn = step_fn.lower(state, carry, batch).compile()  # once: its buffer sizes are reported
     memory = step_fn.memory_analysis()
+    xla_cost = step_fn.cost_analysis() or {}
+    xla_cost = xla_cost[0] if isinstance(xla_cost, (list, tuple)) else xla_cost
     times, counts = [], []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
@@ -103,6 +117,21 @@ def benchmark(config, steps=20, warmup=3):
         # parameters + optimizer state held by one device (train.param_sharding)
         "state_mb_per_device": round(per_device_mb((state.params, state.opt_state)), 2),
     }
+    tokens = float(np.median(counts))
+    peak, machine = flops_lib.peak_gflops()
+    achieved = step_flops / median / 1e9
+    out.update(
+        # matmul FLOPs from the step's jaxpr, scan bodies times their lengths (lmjax/flops.py)
+        flops_per_token=round(step_flops / tokens, 1),
+        achieved_gflops=round(achieved, 2),
+        peak_gflops=peak,  # this machine's f32 matmul peak (`--peak` re-measures it)
+        peak_fraction=round(achieved / peak, 4),
+        peak_machine=machine,
+    )
+    if loops:
+        out["flops_while_loops_counted_once"] = len(loops)
+    if "flops" in xla_cost:  # for contrast: XLA counts each loop body once (lmjax/flops.py)
+        out["xla_cost_analysis_flops_per_token"] = round(xla_cost["flops"] / tokens, 1)
     if memory is not None:  # XLA's buffer assignment for the step: its working memory beyond
         # the arguments (activations kept for the backward, temporaries), backend-independent
         out["xla_temp_mb"] = round(memory.temp_size_in_bytes / 2**20, 1)
@@ -147,9 +176,17 @@ def length_table(results):
 
 
 def main(argv):
-    if FLAGS.config is None:
-        sys.exit("error: --config is required")
     from lmjax import cli
+
+    if FLAGS.peak:
+        from lmjax import flops as flops_lib
+
+        peak, machine = flops_lib.peak_gflops(measure=True)
+        print(json.dumps({"peak_gflops": peak, "machine": machine}))
+        if FLAGS.config is None:
+            return
+    if FLAGS.config is None:
+        cli.fail("--config is required (or --peak alone)")
     from lmjax.errors import UserError
 
     if FLAGS.seq_lens:
