@@ -13,8 +13,12 @@ without the runtime's fixed few hundred MB), flops_per_token (matmul FLOPs from 
 every scan body times its length: `lmjax/flops.py` says why not XLA's cost analysis, which is
 printed beside it for contrast), achieved_gflops and peak_fraction (against this machine's f32
 matmul peak: `python -m lmjax.bench --peak` measures and caches it). Never run inside tests.
+
+`--mode=eval` times a full evaluation of the valid split (tokens/s), `--mode=generate` sampling
+one sequence at each of `--gen_lengths` (ms a token: flat for a family with a decoding state).
 """
 
+import functools
 import json
 import resource
 import sys
@@ -38,6 +42,15 @@ flags.DEFINE_bool(
     "the default device), cache it (~/.cache/lmjax/matmul_peak.json) and print it; every "
     "benchmark's peak_fraction divides by it (measured once on first use if never cached).",
 )
+flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "eval", "generate"],
+    "train: the training step; eval: a full evaluation of the valid split (eval.protocol, by "
+    "default the state carried), tokens/s; generate: sampling throughput (one sequence) at "
+    "each of --gen_lengths, which shows a decoding state's O(1) cost a token.",
+)
+flags.DEFINE_list("gen_lengths", ["64", "512"], "generate: continuation lengths to time.")
 flags.DEFINE_list(
     "seq_lens",
     [],
@@ -142,6 +155,95 @@ def benchmark(config, steps=20, warmup=3):
     return out
 
 
+def _lm_setup(config, mesh):
+    """(task, model adapted to its initial parameters, state) of a language-model config."""
+    from lmjax import models, optim, tasks
+    from lmjax import state as state_lib
+    from lmjax.errors import UserError
+    from lmjax.tasks import lm
+
+    task = tasks.get_task(config)
+    if not isinstance(task, lm.LMTask):
+        raise UserError(
+            f"bench --mode=eval/generate is for language models, not {type(task).__name__}"
+        )
+    model = models.get_model(config)
+    tx, _ = optim.make_optimizer(config.optim)
+    state = state_lib.sharded_train_state(config, model, tx, mesh, task.init_inputs())
+    return task, model.adapt_to(state.params), state
+
+
+def benchmark_eval(config, split="valid"):
+    """Evaluation throughput: the task's full-split evaluation (`--mode=eval`: eval.protocol,
+    by default the state carried across the split) from the initial parameters, timed on a
+    second pass (the first compiles). Tokens are the split's scored targets."""
+    from lmjax import sharding
+
+    mesh = sharding.make_mesh()
+    sharding.check_batch("eval.batch_size", config.eval.batch_size, mesh)
+    task, model, state = _lm_setup(config, mesh)
+    task.prepare(model, [split])
+    task.evaluate(model, state.params, split, mesh=mesh)  # compiles, reads the split
+    t0 = time.perf_counter()
+    metrics = task.evaluate(model, state.params, split, mesh=mesh)
+    seconds = time.perf_counter() - t0
+    return {
+        "config": config.model_name,
+        "mode": "eval",
+        "split": split,
+        "protocol": task.protocol,
+        "eval_batch_size": config.eval.batch_size,
+        "eval_seq_len": config.eval.seq_len,
+        "devices": jax.device_count(),
+        "backend": jax.default_backend(),
+        "targets": int(metrics["targets"]),
+        "seconds": round(seconds, 2),
+        "tokens_per_sec": round(metrics["targets"] / seconds, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def benchmark_generate(config, lengths=(64, 512), prompt_len=16, repeats=3):
+    """Sampling throughput of `generate.sample` (what --mode=generate runs: the prompt in one
+    call, then one step a token with the carried state) at each continuation length, from the
+    initial parameters: compiled once per length, then the median of `repeats` timed calls. A
+    family with a decoding state (LSTM, SRU, fast weights, a Transformer's K/V memory) costs
+    O(1) a token, so its per-token time stays flat as the length grows; one without (the
+    softmax baseline) reruns its window, O(length) a token."""
+    from lmjax import generate, sharding
+
+    mesh = sharding.make_mesh(jax.devices()[:1])  # one sequence: one device
+    _, model, state = _lm_setup(config, mesh)
+    # any token ids do for timing: the prompt's bytes, folded into the vocabulary
+    prompt = np.arange(prompt_len, dtype=np.int32)[None] % model.config.vocab_size
+    rows = []
+    for length in lengths:
+        run = functools.partial(
+            generate.sample, state.params, prompt, jax.random.key(0), model=model, length=length
+        )
+        jax.block_until_ready(run())  # compiles
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(run())
+            times.append(time.perf_counter() - t0)
+        median = float(np.median(times))
+        rows.append(
+            dict(length=length, ms_per_token=round(1000 * median / length, 3),
+                 tokens_per_sec=round(length / median, 1))
+        )  # fmt: skip
+    return {
+        "config": config.model_name,
+        "mode": "generate",
+        "decoding_state": model.decode_carry(1, prompt.shape[1] + max(lengths)) is not None,
+        "prompt_len": int(prompt.shape[1]),
+        "batch": 1,
+        "backend": jax.default_backend(),
+        "lengths": rows,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
 def sweep_lengths(argv, seq_lens):
     """One subprocess per length (this command without --seq_lens, with train.seq_len set);
     returns their results."""
@@ -198,7 +300,18 @@ def main(argv):
         return
 
     try:
-        result = benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup)
+        if FLAGS.mode == "generate":
+            try:
+                lengths = [int(x) for x in FLAGS.gen_lengths]
+            except ValueError:
+                cli.fail(f"--gen_lengths={','.join(FLAGS.gen_lengths)}: integers, comma-separated")
+            if not lengths or min(lengths) < 1:
+                cli.fail(f"--gen_lengths={','.join(FLAGS.gen_lengths)}: lengths of at least 1")
+            result = benchmark_generate(FLAGS.config, lengths)
+        elif FLAGS.mode == "eval":
+            result = benchmark_eval(FLAGS.config)
+        else:
+            result = benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup)
     except UserError as e:  # a bad field found when the model is built: one line, exit 2
         cli.fail(str(e))
     arg = sys.argv[[a.startswith("--config=") for a in sys.argv].index(True)].split("=", 1)[1]
