@@ -95,7 +95,6 @@ def benchmark(config, steps=20, warmup=3):
     step_fn = step_fn.lower(state, carry, batch).compile()  # once: its buffer sizes are reported
     memory = step_fn.memory_analysis()
     xla_cost = step_fn.cost_analysis() or {}
-    xla_cost = xla_cost[0] if isinstance(xla_cost, (list, tuple)) else xla_cost
     times, counts = [], []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
@@ -156,21 +155,16 @@ def benchmark(config, steps=20, warmup=3):
 
 
 def _lm_setup(config, mesh):
-    """(task, model adapted to its initial parameters, state) of a language-model config."""
-    from lmjax import models, optim, tasks
-    from lmjax import state as state_lib
+    """(task, adapted model, state) of `setup` for a language-model config."""
     from lmjax.errors import UserError
     from lmjax.tasks import lm
 
-    task = tasks.get_task(config)
+    task, model, state, _, _ = setup(config, mesh)
     if not isinstance(task, lm.LMTask):
         raise UserError(
             f"bench --mode=eval/generate is for language models, not {type(task).__name__}"
         )
-    model = models.get_model(config)
-    tx, _ = optim.make_optimizer(config.optim)
-    state = state_lib.sharded_train_state(config, model, tx, mesh, task.init_inputs())
-    return task, model.adapt_to(state.params), state
+    return task, model, state
 
 
 def benchmark_eval(config, split="valid"):
@@ -214,7 +208,7 @@ def benchmark_generate(config, lengths=(64, 512), prompt_len=16, repeats=3):
 
     mesh = sharding.make_mesh(jax.devices()[:1])  # one sequence: one device
     _, model, state = _lm_setup(config, mesh)
-    # any token ids do for timing: the prompt's bytes, folded into the vocabulary
+    # any token ids do for timing: 0, 1, ... folded into the vocabulary
     prompt = np.arange(prompt_len, dtype=np.int32)[None] % model.config.vocab_size
     rows = []
     for length in lengths:

@@ -324,7 +324,8 @@ def _check_fits(mngr, step, state, carry, config):
     an unreadable checkpoint, for the caller to handle."""
     path = os.path.join(str(mngr.directory), str(step))
     metadata = mngr.item_metadata(step)
-    _check_batch_fields(path, _stored_config(mngr, step) if config else None, config)
+    stored_config = _stored_config(mngr, step) if config else None
+    _check_batch_fields(path, stored_config, config)
     pairs = [("state", metadata["state"], state)]
     if carry is not None:
         try:
@@ -343,8 +344,7 @@ def _check_fits(mngr, step, state, carry, config):
             f"{name} is {stored.get(bad[0], ('absent',))[0]} in the checkpoint, "
             f"{wanted.get(bad[0], ('absent',))[0]} in the config"
         )
-        stored_config = _stored_config(mngr, step)
-        diff = _config_diff(stored_config, config) if stored_config and config else ""
+        diff = _config_diff(stored_config, config) if stored_config else ""
         raise UserError(
             f"checkpoint {path} does not match the config: {diff or detail}; use the config it "
             "was trained with or another --workdir (nothing was changed)"
