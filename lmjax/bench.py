@@ -47,10 +47,12 @@ flags.DEFINE_enum(
     "train",
     ["train", "eval", "generate"],
     "train: the training step; eval: a full evaluation of the valid split (eval.protocol, by "
-    "default the state carried), tokens/s; generate: sampling throughput (one sequence) at "
-    "each of --gen_lengths, which shows a decoding state's O(1) cost a token.",
+    "default the state carried), tokens/s; generate: sampling throughput at each of "
+    "--gen_batches (sequences decoded together) x --gen_lengths, which shows a decoding "
+    "state's O(1) cost a token.",
 )
 flags.DEFINE_list("gen_lengths", ["64", "512"], "generate: continuation lengths to time.")
+flags.DEFINE_list("gen_batches", ["1", "8"], "generate: sequences decoded together, to time.")
 flags.DEFINE_list(
     "seq_lens",
     [],
@@ -197,41 +199,45 @@ def benchmark_eval(config, split="valid"):
     }
 
 
-def benchmark_generate(config, lengths=(64, 512), prompt_len=16, repeats=3):
+def benchmark_generate(config, lengths=(64, 512), batches=(1, 8), prompt_len=16, repeats=3):
     """Sampling throughput of `generate.sample` (what --mode=generate runs: the prompt in one
-    call, then one step a token with the carried state) at each continuation length, from the
-    initial parameters: compiled once per length, then the median of `repeats` timed calls. A
-    family with a decoding state (LSTM, SRU, fast weights, a Transformer's K/V memory) costs
-    O(1) a token, so its per-token time stays flat as the length grows; one without (the
-    softmax baseline) reruns its window, O(length) a token."""
+    call, then one step a token with the carried state) at each batch size (sequences decoded
+    together, `--num_samples`) and continuation length, from the initial parameters: compiled
+    once per shape, then the median of `repeats` timed calls. A family with a decoding state
+    (LSTM, SRU, fast weights, a Transformer's K/V memory) costs O(1) a token, so its per-step
+    time stays flat as the length grows; one without (the softmax baseline) reruns its window,
+    O(length) a token. `ms_per_token` is a step's time (one token for every sequence);
+    `tokens_per_sec` counts all sequences' tokens."""
     from lmjax import generate, sharding
 
-    mesh = sharding.make_mesh(jax.devices()[:1])  # one sequence: one device
+    mesh = sharding.make_mesh(jax.devices()[:1])  # decoding runs on one device
     _, model, state = _lm_setup(config, mesh)
     # any token ids do for timing: 0, 1, ... folded into the vocabulary
     prompt = np.arange(prompt_len, dtype=np.int32)[None] % model.config.vocab_size
     rows = []
-    for length in lengths:
-        run = functools.partial(
-            generate.sample, state.params, prompt, jax.random.key(0), model=model, length=length
-        )
-        jax.block_until_ready(run())  # compiles
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(run())
-            times.append(time.perf_counter() - t0)
-        median = float(np.median(times))
-        rows.append(
-            dict(length=length, ms_per_token=round(1000 * median / length, 3),
-                 tokens_per_sec=round(length / median, 1))
-        )  # fmt: skip
+    for batch in batches:
+        for length in lengths:
+            run = functools.partial(
+                generate.sample, state.params, np.repeat(prompt, batch, axis=0),
+                jax.random.key(0), model=model, length=length,
+            )  # fmt: skip
+            jax.block_until_ready(run())  # compiles
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                jax.block_until_ready(run())
+                times.append(time.perf_counter() - t0)
+            median = float(np.median(times))
+            rows.append(
+                dict(batch=batch, length=length, ms_per_token=round(1000 * median / length, 3),
+                     tokens_per_sec=round(batch * length / median, 1),
+                     tokens_per_sec_per_sequence=round(length / median, 1))
+            )  # fmt: skip
     return {
         "config": config.model_name,
         "mode": "generate",
         "decoding_state": model.decode_carry(1, prompt.shape[1] + max(lengths)) is not None,
         "prompt_len": int(prompt.shape[1]),
-        "batch": 1,
         "backend": jax.default_backend(),
         "lengths": rows,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -295,13 +301,16 @@ def main(argv):
 
     try:
         if FLAGS.mode == "generate":
-            try:
-                lengths = [int(x) for x in FLAGS.gen_lengths]
-            except ValueError:
-                cli.fail(f"--gen_lengths={','.join(FLAGS.gen_lengths)}: integers, comma-separated")
-            if not lengths or min(lengths) < 1:
-                cli.fail(f"--gen_lengths={','.join(FLAGS.gen_lengths)}: lengths of at least 1")
-            result = benchmark_generate(FLAGS.config, lengths)
+            sizes = {}
+            for name in ("gen_lengths", "gen_batches"):
+                given = ",".join(getattr(FLAGS, name))
+                try:
+                    sizes[name] = [int(x) for x in getattr(FLAGS, name)]
+                except ValueError:
+                    cli.fail(f"--{name}={given}: integers, comma-separated")
+                if not sizes[name] or min(sizes[name]) < 1:
+                    cli.fail(f"--{name}={given}: sizes of at least 1")
+            result = benchmark_generate(FLAGS.config, sizes["gen_lengths"], sizes["gen_batches"])
         elif FLAGS.mode == "eval":
             result = benchmark_eval(FLAGS.config)
         else:

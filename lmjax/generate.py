@@ -14,7 +14,8 @@ import jax.numpy as jnp
 
 
 def _pick(logits, rng, temperature, top_k):
-    """logits: [1, v] float32 -> [1] int32 sampled at `temperature`, among the top_k if > 0."""
+    """logits: [b, v] float32 -> [b] int32 sampled at `temperature`, among the top_k if > 0;
+    one key draws every row's token (independently: categorical over the last axis)."""
     if temperature <= 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits / temperature
@@ -26,38 +27,42 @@ def _pick(logits, rng, temperature, top_k):
 
 @functools.partial(jax.jit, static_argnames=("model", "length", "temperature", "top_k"))
 def sample(params, prompt, rng, *, model, length, temperature=1.0, top_k=0):
-    """prompt: [1, p] int32. Returns [length] int32 sampled continuation.
+    """prompt: [b, p] int32 (b sequences decoded together). Returns [b, length] int32.
 
-    The state starts from `model.decode_carry(1, p + length)`. A family without one (a plain
+    The state starts from `model.decode_carry(b, p + length)`. A family without one (a plain
     causal Transformer) is decoded by rerunning the window of all p + length positions, the
     unsampled ones still zero, and reading the logits at the last sampled position: causal, so
     the numbers are those of one forward over the final text, at O(length) per token.
+
+    One key a step (`jax.random.split(rng, length)`) draws the whole batch's tokens, so at
+    b = 1 the stream is the one `sample_exported` replays; greedy rows (temperature 0) equal
+    each row decoded alone.
     """
-    p = prompt.shape[1]
-    carry = model.decode_carry(1, p + length)
+    b, p = prompt.shape
+    carry = model.decode_carry(b, p + length)
     rngs = jax.random.split(rng, length)
     if carry is None:
-        window = jnp.zeros((1, p + length), jnp.int32).at[:, :p].set(prompt)
+        window = jnp.zeros((b, p + length), jnp.int32).at[:, :p].set(prompt)
 
         def window_step(window, xs):
             i, rng_t = xs
             logits, _, _ = model.apply({"params": params}, window, None, train=False)
             last = jax.lax.dynamic_index_in_dim(logits, p - 1 + i, axis=1, keepdims=False)
             token = _pick(last, rng_t, temperature, top_k)
-            return jax.lax.dynamic_update_index_in_dim(window, token, p + i, axis=1), token[0]
+            return jax.lax.dynamic_update_index_in_dim(window, token[:, None], p + i, 1), token
 
         _, tokens = jax.lax.scan(window_step, window, (jnp.arange(length), rngs))
-        return tokens
+        return tokens.T
     logits, carry, _ = model.apply({"params": params}, prompt, carry, train=False)
 
     def step(state, rng_t):
         logits, carry = state
         token = _pick(logits, rng_t, temperature, top_k)
         logits, carry, _ = model.apply({"params": params}, token[:, None], carry, train=False)
-        return (logits[:, -1], carry), token[0]
+        return (logits[:, -1], carry), token
 
     _, tokens = jax.lax.scan(step, (logits[:, -1], carry), rngs)
-    return tokens
+    return tokens.T  # [length, b] -> [b, length]
 
 
 def load_exported(path):

@@ -28,6 +28,9 @@ flags.DEFINE_string("prompt", "", "generate: the text to continue.")
 flags.DEFINE_integer("length", 200, "generate: tokens (bytes or words) to sample.")
 flags.DEFINE_float("temperature", 1.0, "generate: softmax temperature (0 = greedy).")
 flags.DEFINE_integer("top_k", 0, "generate: sample among the k most likely tokens (0 = all).")
+flags.DEFINE_integer(
+    "num_samples", 1, "generate: continuations of the prompt to sample, decoded as one batch."
+)
 flags.DEFINE_string(
     "exported", None, "generate: sample from a decoder file of `lmjax.export` (no --config)."
 )
@@ -83,6 +86,11 @@ def main(argv):
     if FLAGS.exported is not None:
         if FLAGS.mode != "generate":
             cli.fail(f"--exported is for --mode=generate, not --mode={FLAGS.mode}")
+        if FLAGS.num_samples != 1:
+            cli.fail(
+                f"--num_samples={FLAGS.num_samples}: an exported decoder samples one sequence "
+                "(its state has batch 1); sample several from the workdir's checkpoint"
+            )
         try:
             generate.run_exported(
                 FLAGS.exported, prompt=FLAGS.prompt, length=FLAGS.length,
@@ -121,6 +129,7 @@ def main(argv):
                 length=FLAGS.length,
                 temperature=FLAGS.temperature,
                 top_k=FLAGS.top_k,
+                num_samples=FLAGS.num_samples,
             )
     except UserError as e:
         cli.fail(str(e))

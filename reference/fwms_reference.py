@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """IDSIA/lmtool-fwms (commit 52ada3d) `MemTransformerLM` as the reference for lmjax's
-fast-weight-programmer LM (lmjax/models/fast_weights.py). Runs in .venv-torch.
+fast-weight-programmer LM (lmjax/models/fast_weights.py) and, in `bench` only, for its
+Transformer-XL (lmjax/models/transformer_xl.py, attn_type 0). Runs in .venv-torch.
 
   fwms_reference.py --src DIR --inp IN.npz --out OUT.npz      parity dump (below)
   fwms_reference.py bench [--src DIR] [--types 2,4,5,6] [--steps 5 --warmup 2 --threads 2]
                                          timed training steps at lmjax's `cpu` shape (below)
+  fwms_reference.py bench --types 0 --mem_len 256 --n_head 4 --d_head 64
+                                         the same for configs/transformer_xl.py:cpu
 
 DIR is the reference's `src/` directory (`git -C <mirror> archive 52ada3d src | tar -x`; the
 parity test extracts it into .cache/lmtool-fwms); $FWMS_SRC is the default. The reference code
@@ -21,7 +24,8 @@ that `utils.cuda_fast_weight_layer` JIT-compiles at import are replaced in `sys.
   utils.fast_weight_rnn{,_v2}, utils.fast_lstm{,_v2,_v3,_v4}, utils.rec_update_fwm_tanh:
                            dummies (the follow-up paper's kernels, unused here)
 so types 2/4/5/6 run the reference's own pure-torch code and 24/25/26/44/45/46 its layers
-around these written-out recurrences.
+around these written-out recurrences. Type 0 (`RelPartialLearnableDecoderLayer`) is pure torch
+too and needs no shim beyond the `torch.version.cuda` one.
 
 IN.npz: `meta` (a JSON string: seg_len and, per case, attn_type, n_layer, n_head, d_model,
 d_head, d_inner, proj_dim, n_roll, skip_attn_normalization, no_pos, carry), `tokens` [B, 2L+1],
@@ -44,6 +48,18 @@ Performer matrix every forward, as the reference trains). A step: forward on ran
 zero_grad; `--warmup` untimed steps first. One JSON line per type on stdout (the reference's
 constructor prints go to stderr). The delta types 24-26 are CUDA kernels in the reference, and
 the loops standing in for them here are not the reference: bench refuses them.
+
+bench --types 0: Transformer-XL (relative positional attention, `r_w_bias`/`r_r_bias` [n_head,
+d_head] shared by all layers, post-LN), as train.py builds it with its defaults: ext_len 0,
+clamp_len -1 (no clamp; lmjax's clamp_len 0), same_length off, div_val 1, cutoffs [] (tied), and
+`--mem_len` (0 by default; run it with 256, and `--n_head 4 --d_head 64`, for
+configs/transformer_xl.py:cpu). weights_init also draws r_w_bias/r_r_bias from N(0, 0.02) as
+train.py's does. The step carries the memories across steps as train.py's loop does: mems starts
+as `()`, `ret = model(data, target, *mems)`, `loss, mems = ret[0], ret[1:]` (the model's
+`_update_mems` detaches them), through warm-up, timed and profiled steps alike. The first step
+sees an empty memory (klen = seq_len) and every later one mem_len + seq_len keys, so use
+--warmup >= 1 to time only full-memory steps (lmjax's fixed, masked buffer costs the full
+length from step 0). --mem_len is for type 0 only (2/4/5/6 run with mem_len 0 as before).
 """
 
 import argparse
@@ -120,12 +136,14 @@ def import_reference(src):
     return model_main
 
 
-def build(model_main, cfg, seg_len, dropout=0.0):
+def build(model_main, cfg, seg_len, dropout=0.0, mem_len=0, clamp_len=None):
+    """clamp_len None: seg_len, a no-op clamp for the absolute types at mem_len 0."""
     model = model_main.MemTransformerLM(
         VOCAB, cfg["n_layer"], cfg["n_head"], cfg["d_model"], cfg["d_head"], cfg["d_inner"],
         dropout=dropout, dropatt=0.0, tie_weight=True, d_embed=cfg["d_model"], div_val=1,
-        tie_projs=[False], tgt_len=seg_len, ext_len=0, mem_len=0, cutoffs=[],
-        attn_type=cfg["attn_type"], clamp_len=seg_len, proj_dim=cfg["proj_dim"],
+        tie_projs=[False], tgt_len=seg_len, ext_len=0, mem_len=mem_len, cutoffs=[],
+        attn_type=cfg["attn_type"], clamp_len=seg_len if clamp_len is None else clamp_len,
+        proj_dim=cfg["proj_dim"],
         n_roll=cfg["n_roll"], skip_attn_normalization=cfg["skip_attn_normalization"],
         no_pos=cfg["no_pos"], device="cpu",
     )  # fmt: skip
@@ -190,12 +208,19 @@ def run_case(model, cfg, tokens, seg_len):
     return out
 
 
-BENCH_TYPES = {2: "softmax", 4: "linear", 5: "performer", 6: "dpfp"}  # pure torch, sum rule
+# the pure-torch types: Transformer-XL, and the sum-rule fast weights in the L x L form
+BENCH_TYPES = {
+    0: "transformer-xl",
+    2: "softmax",
+    4: "linear",
+    5: "performer",
+    6: "dpfp",
+}
 
 
 def weights_init(module, std=0.02):
     """train.py's `weights_init` with --init normal (init_std 0.02), for the modules of types
-    2/4/5/6 (d_embed = d_model and div_val 1: no projections, no clusters)."""
+    0/2/4/5/6 (d_embed = d_model and div_val 1: no projections, no clusters)."""
     name = module.__class__.__name__
     if "Linear" in name:
         if getattr(module, "weight", None) is not None:
@@ -212,6 +237,11 @@ def weights_init(module, std=0.02):
     elif "LayerNorm" in name:
         torch.nn.init.normal_(module.weight, 1.0, std)
         torch.nn.init.constant_(module.bias, 0.0)
+    elif "TransformerLM" in name:  # type 0's shared biases; types 2/4/5/6 have none of these
+        assert not hasattr(module, "r_emb") and not hasattr(module, "r_bias")
+        for attr in ("r_w_bias", "r_r_bias"):
+            if hasattr(module, attr):
+                torch.nn.init.normal_(getattr(module, attr), 0.0, std)
 
 
 def bench_type(model_main, args, attn_type):
@@ -220,8 +250,11 @@ def bench_type(model_main, args, attn_type):
                d_model=args.d_model, d_head=args.d_head, d_inner=args.d_inner,
                proj_dim=args.proj_dim, n_roll=args.n_roll, skip_attn_normalization=False,
                no_pos=False)  # fmt: skip
+    mem_len = args.mem_len if attn_type == 0 else 0
+    clamp_len = -1 if attn_type == 0 else None  # train.py's default: no clamp
     with contextlib.redirect_stdout(sys.stderr):  # the layers print their names
-        model = build(model_main, cfg, args.seq_len, dropout=args.dropout)
+        model = build(model_main, cfg, args.seq_len, dropout=args.dropout, mem_len=mem_len,
+                      clamp_len=clamp_len)  # fmt: skip
     model.apply(weights_init)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -229,9 +262,14 @@ def bench_type(model_main, args, attn_type):
     batches = [torch.randint(0, VOCAB, (L + 1, B), dtype=torch.int64)
                for _ in range(args.warmup + args.steps + args.profile)]  # fmt: skip
 
+    mems = ()  # train.py's loop: () first, then what the model returns (detached by it)
+
     def train_step(tokens):
+        nonlocal mems
         data, target = tokens[:-1], tokens[1:]  # (L, B) each
-        loss = model(data, target)[0].mean()
+        ret = model(data, target, *mems)
+        loss, mems = ret[0].mean(), ret[1:]
+        assert len(mems) == (args.n_layer + 1 if mem_len else 0), len(mems)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
@@ -264,6 +302,7 @@ def bench_type(model_main, args, attn_type):
         "params": sum(p.numel() for p in model.parameters()),
         "batch_size": B,
         "seq_len": L,
+        "mem_len": mem_len,
         "steps": args.steps,
         "warmup": args.warmup,
         "step_ms_median": round(1000 * median, 2),
@@ -279,7 +318,12 @@ def bench_main(argv):
         prog="fwms_reference.py bench", description="training-step benchmark of the reference"
     )
     ap.add_argument("--src", default=os.environ.get("FWMS_SRC", ""))
-    ap.add_argument("--types", default="2,4,5,6", help="comma list of attn_type, of 2/4/5/6")
+    ap.add_argument(
+        "--types",
+        default="2,4,5,6",
+        help="comma list of attn_type, of 0 (Transformer-XL: with --mem_len 256 --n_head 4 "
+        "--d_head 64 for configs/transformer_xl.py:cpu) and 2/4/5/6 (fast weights, sum rule)",
+    )
     ap.add_argument("--n_layer", type=int, default=4)
     ap.add_argument("--d_model", type=int, default=256)
     ap.add_argument("--n_head", type=int, default=8)
@@ -290,6 +334,12 @@ def bench_main(argv):
     ap.add_argument("--n_roll", type=int, default=2)
     ap.add_argument("--batch_size", type=int, default=8)
     ap.add_argument("--seq_len", type=int, default=256)
+    ap.add_argument(
+        "--mem_len",
+        type=int,
+        default=0,
+        help="type 0 only: Transformer-XL memory, carried across steps (256 for lmjax's cpu)",
+    )
     ap.add_argument("--lr", type=float, default=2.5e-4)
     ap.add_argument("--clip", type=float, default=0.25)
     ap.add_argument("--steps", type=int, default=5, help="timed steps")
@@ -307,6 +357,10 @@ def bench_main(argv):
             f"bench runs the pure-torch types {sorted(BENCH_TYPES)} only, not {bad} "
             "(24-26 are CUDA kernels in the reference; the CPU loops are stand-ins)"
         )
+    if args.mem_len < 0:
+        sys.exit("--mem_len must be non-negative")
+    if args.mem_len and any(t != 0 for t in attn_types):
+        sys.exit("--mem_len is for type 0 (Transformer-XL) only; 2/4/5/6 run with mem_len 0")
     if args.steps < 1:
         sys.exit("--steps must be at least 1")
     torch.set_num_threads(args.threads)

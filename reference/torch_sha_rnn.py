@@ -21,6 +21,7 @@ The model follows /work/shared/specs/recurrent.md PART A (A2-A7, A12):
 Optimizer: the "minimum trust" LAMB of Smerity/pytorch-lamb (spec A8; default), or torch Adam.
 Only torch, numpy and the standard library are imported.
 """
+
 import argparse
 import json
 import math
@@ -131,12 +132,16 @@ class Block(nn.Module):
 
 
 class SHARNN(nn.Module):
-    def __init__(self, vocab, E, nhid, layers, attn_layers, dropout=0.1, dropouth=0.1, dropouti=0.1):
+    def __init__(
+        self, vocab, E, nhid, layers, attn_layers, dropout=0.1, dropouth=0.1, dropouti=0.1
+    ):
         super().__init__()
         self.encoder = nn.Embedding(vocab, E)
         self.decoder = nn.Linear(E, vocab)
         self.decoder.weight = self.encoder.weight  # tied; decoder.bias is its own V-vector
-        self.blocks = nn.ModuleList(Block(E, nhid, dropouth, j in attn_layers) for j in range(layers))
+        self.blocks = nn.ModuleList(
+            Block(E, nhid, dropouth, j in attn_layers) for j in range(layers)
+        )
         self.idrop, self.odrop = nn.Dropout(dropouti), nn.Dropout(dropout)
         std = 0.1 / math.sqrt(E)
         for mod in self.modules():  # spec A6: Linear + Embedding only; LSTM/LN keep defaults
@@ -161,8 +166,13 @@ class Lamb(torch.optim.Optimizer):
     """'Minimum trust' LAMB (Smerity/pytorch-lamb, spec A8): no bias correction, eps on sqrt(v),
     wd inside the trust ratio, phi = clamp(||w||, 0, 10), r = max(r, min_trust)."""
 
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=1.2e-6, min_trust=0.25):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, min_trust=min_trust))
+    def __init__(
+        self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=1.2e-6, min_trust=0.25
+    ):
+        super().__init__(
+            params,
+            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, min_trust=min_trust),
+        )
 
     @torch.no_grad()
     def step(self):
@@ -181,14 +191,17 @@ class Lamb(torch.optim.Optimizer):
                 if g["weight_decay"]:
                     u.add_(p, alpha=g["weight_decay"])
                 phi, un = p.norm().clamp(0, 10), u.norm()
-                r = torch.where((phi == 0) | (un == 0), torch.ones_like(phi), phi / un).clamp(min=g["min_trust"])
+                r = torch.where((phi == 0) | (un == 0), torch.ones_like(phi), phi / un).clamp(
+                    min=g["min_trust"]
+                )
                 p.sub_(u * (g["lr"] * r))
 
 
 def count_params(model, args):
     n = sum(p.numel() for p in model.parameters())
     E, n_attn = args.width, len(model_attn_layers(args))
-    # dead reference parameters: lnout per block, lnmid+lnmem per non-attn block, qkvs+r_gate per attn
+    # dead reference parameters: lnout per block, lnmid+lnmem per non-attn block,
+    # qkvs+r_gate per attn block
     dead = args.layers * 2 * E + (args.layers - n_attn) * 4 * E + n_attn * 4 * E
     return n, n + dead
 
@@ -215,14 +228,28 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--clip", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--profile", type=int, default=0, help="if >0, profile this many extra steps (table to stderr)")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        help="if >0, profile this many extra steps (table to stderr)",
+    )
     args = ap.parse_args()
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     attn = model_attn_layers(args)
-    model = SHARNN(args.vocab, args.width, args.boom, args.layers, attn, args.dropout, args.dropout, args.dropout)
+    model = SHARNN(
+        args.vocab,
+        args.width,
+        args.boom,
+        args.layers,
+        attn,
+        args.dropout,
+        args.dropout,
+        args.dropout,
+    )
     model.train()
     params, params_ref = count_params(model, args)
     if args.optimizer == "lamb":
@@ -233,7 +260,10 @@ def main():
     rng = np.random.default_rng(args.seed)
     L, B = args.seq_len, args.batch_size
     n_total = args.warmup + args.steps + args.profile
-    batches = [torch.from_numpy(rng.integers(0, args.vocab, size=(L + 1, B), dtype=np.int64)) for _ in range(n_total)]
+    batches = [
+        torch.from_numpy(rng.integers(0, args.vocab, size=(L + 1, B), dtype=np.int64))
+        for _ in range(n_total)
+    ]
 
     state = {"hidden": [None] * args.layers, "mems": [None] * args.layers}
 
@@ -265,7 +295,9 @@ def main():
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for i in range(args.profile):
                 train_step(batches[args.warmup + args.steps + i])
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr)
+        print(
+            prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr
+        )
 
     med = statistics.median(times)
     out = {
@@ -281,9 +313,16 @@ def main():
         "model": "sha_rnn",
         "optimizer": args.optimizer,
         "params_reference": params_ref,
-        "layers": args.layers, "width": args.width, "boom": args.boom, "attn_layers": attn,
-        "mem_len": args.mem_len, "vocab": args.vocab, "steps": args.steps, "warmup": args.warmup,
-        "step_ms_min": round(min(times) * 1e3, 3), "step_ms_max": round(max(times) * 1e3, 3),
+        "layers": args.layers,
+        "width": args.width,
+        "boom": args.boom,
+        "attn_layers": attn,
+        "mem_len": args.mem_len,
+        "vocab": args.vocab,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "step_ms_min": round(min(times) * 1e3, 3),
+        "step_ms_max": round(max(times) * 1e3, 3),
         "final_loss": round(loss, 4),
     }
     print(json.dumps(out))

@@ -14,10 +14,14 @@ from lmjax.errors import UserError
     ids=["sha_rnn", "softmax"],
 )
 def test_generate_reports_each_length_and_whether_there_is_a_decoding_state(config, state):
-    out = bench.benchmark_generate(config, lengths=(2, 5), prompt_len=3, repeats=1)
+    out = bench.benchmark_generate(config, lengths=(2, 5), batches=(1, 3), prompt_len=3, repeats=1)
     assert out["decoding_state"] is state and out["prompt_len"] == 3
-    assert [r["length"] for r in out["lengths"]] == [2, 5]
+    assert [(r["batch"], r["length"]) for r in out["lengths"]] == [(1, 2), (1, 5), (3, 2), (3, 5)]
     assert all(r["tokens_per_sec"] > 0 and r["ms_per_token"] > 0 for r in out["lengths"])
+    for r in out["lengths"]:  # all sequences' tokens, and one sequence's
+        assert r["tokens_per_sec"] == pytest.approx(
+            r["batch"] * r["tokens_per_sec_per_sequence"], rel=0.01
+        )
 
 
 def test_eval_scores_the_whole_valid_split():

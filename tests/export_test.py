@@ -31,7 +31,7 @@ def test_exported_steps_equal_the_models_generation(name, tmp_path):
     prompt = np.asarray([[10, 104, 101, 32]], np.int32)
     for temperature in (0.0, 1.0):  # greedy, and sampling with the same random stream
         own = generate.sample(params, prompt, jax.random.PRNGKey(0), model=model, length=50,
-                              temperature=temperature)  # fmt: skip
+                              temperature=temperature)[0]  # fmt: skip
         tokens, info = generate.sample_exported(
             tmp_path / "dec.npz", prompt, 50, temperature=temperature
         )

@@ -310,6 +310,7 @@ def test_generate_options_are_checked_before_the_checkpoint(tmp_path):
         ({"temperature": float("nan")}, "--temperature=nan"),
         ({"top_k": -1}, "--top_k=-1"),
         ({"length": 0}, "--length=0"),
+        ({"num_samples": 0}, "--num_samples=0"),
     ):
         options = {"prompt": "a", "length": 4, "temperature": 1.0, "top_k": 0, **options}
         with pytest.raises(UserError, match=re.escape(needle)):
@@ -384,4 +385,8 @@ def test_exported_decoder_generates_what_the_workdir_generates(trained, tmp_path
     r = subprocess.run([*gen[:3], f"--exported={bad}", "--mode=generate"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 2 and "is not an lmjax decoder file" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run([*gen, "--num_samples=2"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 2 and "an exported decoder samples one sequence" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

@@ -233,6 +233,13 @@ def test_word_level_nll_resumes_exactly_and_reports_ppl(tmp_path, capsys):
         config, tmp_path / "whole", prompt="w1 w2", length=5, temperature=1.0, top_k=0
     )
     assert len(text.split()) <= 5 and all(w.startswith("w") for w in text.split())
+    capsys.readouterr()
+    texts = generate.run_generate(
+        config, tmp_path / "whole", prompt="w1 w2", length=5, num_samples=3
+    )  # one batch of three continuations, each printed under its own header
+    out = capsys.readouterr().out
+    assert len(texts) == 3 and all(f"=== sample {i} of 3" in out for i in (1, 2, 3))
+    assert all(w.startswith("w") for t in texts for w in t.split())
 
     config.model.vocab_size += 1
     with pytest.raises(UserError, match=f"model.vocab_size={config.model.vocab_size} but"):

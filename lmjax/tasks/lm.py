@@ -242,7 +242,9 @@ class LMTask(base.Task):
 
     # -- generation ----------------------------------------------------------------------------
 
-    def check_generate_options(self, model, *, length=200, temperature=1.0, top_k=0, **_):
+    def check_generate_options(
+        self, model, *, length=200, temperature=1.0, top_k=0, num_samples=1, **_
+    ):
         if length <= 0:
             raise UserError(f"--length={length} must be positive")
         if not (math.isfinite(temperature) and temperature >= 0):
@@ -250,10 +252,19 @@ class LMTask(base.Task):
         v = model.config.vocab_size
         if not 0 <= top_k <= v:
             raise UserError(f"--top_k={top_k} must be in [0, {v}] (0 samples from all {v})")
+        if num_samples < 1:
+            raise UserError(f"--num_samples={num_samples} must be at least 1")
 
-    def generate(self, model, params, *, prompt="", length=200, temperature=1.0, top_k=0, seed=0):
-        """Prints the prompt and a sampled continuation of `length` bytes or words."""
-        self.check_generate_options(model, length=length, temperature=temperature, top_k=top_k)
+    def generate(
+        self, model, params, *, prompt="", length=200, temperature=1.0, top_k=0, seed=0,
+        num_samples=1,
+    ):  # fmt: skip
+        """Prints the prompt and `num_samples` sampled continuations of `length` bytes or words,
+        decoded together as one batch. Returns the continuation (a list of them if
+        num_samples > 1)."""
+        self.check_generate_options(
+            model, length=length, temperature=temperature, top_k=top_k, num_samples=num_samples
+        )
         vocab = corpora.load_vocab(self.config.data)  # None at byte level
         if vocab is None:
             tokens = encode_prompt(prompt, model.config.vocab_size)
@@ -262,20 +273,25 @@ class LMTask(base.Task):
             tokens = encode_word_prompt(prompt, vocab)
         out = generate.sample(
             params,
-            tokens,
+            jnp.repeat(tokens, num_samples, axis=0),
             jax.random.PRNGKey(seed),
             model=model,
             length=length,
             temperature=float(temperature),
             top_k=int(top_k),
         )
-        if vocab is None:
-            text = bytes(int(x) for x in jax.device_get(out)).decode("utf-8", errors="replace")
-        else:
-            text = words.decode(jax.device_get(out), vocab)
-            text = text if not prompt or text.startswith("\n") else " " + text
-        print(prompt + text)
-        return text
+        texts = []
+        for i, row in enumerate(jax.device_get(out)):
+            if vocab is None:
+                text = bytes(int(x) for x in row).decode("utf-8", errors="replace")
+            else:
+                text = words.decode(row, vocab)
+                text = text if not prompt or text.startswith("\n") else " " + text
+            if num_samples > 1:
+                print(f"=== sample {i + 1} of {num_samples}")
+            print(prompt + text)
+            texts.append(text)
+        return texts[0] if num_samples == 1 else texts
 
 
 def encode_prompt(prompt, vocab_size):

@@ -278,7 +278,7 @@ def test_generate_equals_window_forward(kind):
     params = _params(model)
     prompt = family.random_tokens(1, 5)
     out = generate.sample(params, prompt, jax.random.PRNGKey(0), model=model, length=7,
-                          temperature=0.0)  # fmt: skip
+                          temperature=0.0)[0]  # fmt: skip
     text = jnp.concatenate([prompt, out[None]], axis=1)
     logits, _, _ = model.apply({"params": params}, text, None, train=False)
     np.testing.assert_array_equal(out, jnp.argmax(logits[0, 4:-1], -1))
