@@ -45,10 +45,12 @@ def _gates(w_hh, h, xw_t):
     """Gate activations [b, 4d] (σ(i), σ(f), tanh(g), σ(o)) from the precomputed xw_t [b, 4d]."""
     # No preferred_element_type: XLA:CPU has no bf16 x bf16 -> f32 dot; GPUs accumulate in f32.
     z = xw_t + jnp.dot(h.astype(w_hh.dtype), w_hh).astype(jnp.float32)
-    i, f, g, o = jnp.split(z, 4, axis=-1)
-    return jnp.concatenate(
-        [jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)], axis=-1
-    )
+    # Both functions on every lane and a select, rather than split + concatenate: the same values
+    # bit for bit, and XLA:CPU emits one loop instead of four slices and a copy (the forward
+    # scan of a 256 x [8, 1024] layer 10.8 -> 6.3 ms on this CPU).
+    d = z.shape[-1] // 4
+    g_lane = jax.lax.broadcasted_iota(jnp.int32, z.shape, z.ndim - 1) // d == 2
+    return jnp.where(g_lane, jnp.tanh(z), jax.nn.sigmoid(z))
 
 
 def lstm_step(w_hh, carry, xw_t):
@@ -135,25 +137,31 @@ class LSTM(nn.Module):
       hidden_size: state width d.
       dtype: compute dtype of the matmuls; the state and gates stay float32.
       unroll: `lax.scan` unroll factor.
+      time_major: x and y are [t, b, ...] (the scan's layout: no transposes around it).
     """
 
     hidden_size: int
     dtype: jnp.dtype = jnp.float32
     unroll: int = 1
+    time_major: bool = False
 
     @nn.compact
     def __call__(self, x, carry):
-        """x: [b, t, d_in]; carry: LSTMCarry of [b, d]. Returns (y [b, t, d] dtype, carry)."""
-        b, _, d_in = x.shape
+        """x: [b, t, d_in] ([t, b, d_in] if time_major); carry: LSTMCarry of [b, d].
+
+        Returns (y [b, t, d] ([t, b, d] if time_major) in dtype, carry)."""
+        b, d_in = x.shape[0 if not self.time_major else 1], x.shape[2]
         d = self.hidden_size
         assert carry.h.shape == (b, d), (carry.h.shape, (b, d))
         bound = 1.0 / d**0.5
         w_ih = self.param("w_ih", core.uniform(bound), (d_in, 4 * d))
         w_hh = self.param("w_hh", core.uniform(bound), (d, 4 * d))
         bias = self.param("bias", _sum_of_two_uniform(bound), (4 * d,))
-        xw = jnp.einsum("btd,df->tbf", x.astype(self.dtype), w_ih.astype(self.dtype))
+        spec = "tbd,df->tbf" if self.time_major else "btd,df->tbf"
+        xw = jnp.einsum(spec, x.astype(self.dtype), w_ih.astype(self.dtype))
         xw = (
             xw.astype(jnp.float32) + bias[None, None, :]
         )  # [t, b, 4d] float32, time-major for the scan
         ys, carry = lstm_recurrence(w_hh.astype(self.dtype), xw, carry.h, carry.c, self.unroll)
-        return jnp.swapaxes(ys, 0, 1).astype(self.dtype), carry
+        ys = ys if self.time_major else jnp.swapaxes(ys, 0, 1)
+        return ys.astype(self.dtype), carry

@@ -83,8 +83,7 @@ class _Boom(nn.Module):
     def __call__(self, x, *, train):
         z = nn.Dense(self.d_ff, kernel_init=_dense_init(self.d_model), dtype=self.dtype)(x)
         z = core.Dropout(self.dropout_rate)(_gelu_sigmoid(z), deterministic=not train)
-        b, t, _ = z.shape
-        return z.reshape(b, t, self.d_ff // self.d_model, self.d_model).sum(axis=2)
+        return z.reshape(*z.shape[:-1], self.d_ff // self.d_model, self.d_model).sum(axis=-2)
 
 
 class _SingleHeadAttention(nn.Module):
@@ -96,7 +95,9 @@ class _SingleHeadAttention(nn.Module):
 
     @nn.compact
     def __call__(self, h, kv, mask, *, train):
-        """h: [b, t, d] query side (LN_mid); kv: [b, s, d] float32; mask: [b, t, s] bool."""
+        """h: [t, b, d] query side (LN_mid); kv: [b, s, d] float32; mask: [b, t, s] bool.
+
+        Returns [t, b, d]: the model runs time-major (the LSTMs' layout)."""
         d = self.d_model
         drop = lambda x: core.Dropout(self.dropout_rate)(x, deterministic=not train)
         qs, ks, vs = (self.param(n, nn.initializers.zeros, (1, 1, d)) for n in ("qs", "ks", "vs"))
@@ -109,9 +110,9 @@ class _SingleHeadAttention(nn.Module):
         k = jax.nn.sigmoid(ks) * kv
         v = gv * kv
         q, v = drop(q), drop(v)  # the reference drops q and v but not k
-        scores = jnp.einsum("btd,bsd->bts", q.astype(self.dtype), k.astype(self.dtype))
+        scores = jnp.einsum("tbd,bsd->bts", q.astype(self.dtype), k.astype(self.dtype))
         probs = drop(attention.masked_softmax(scores.astype(jnp.float32) / d**0.5, mask=mask))
-        return jnp.einsum("bts,bsd->btd", probs.astype(self.dtype), v.astype(self.dtype))
+        return jnp.einsum("bts,bsd->tbd", probs.astype(self.dtype), v.astype(self.dtype))
 
 
 class _Block(nn.Module):
@@ -126,15 +127,15 @@ class _Block(nn.Module):
     def __call__(self, x, lstm_carry, memory, mem_count, *, train):
         drop = lambda y: core.Dropout(self.dropout_hidden)(y, deterministic=not train)
         ln = lambda name: nn.LayerNorm(_LN_EPS, dtype=jnp.float32, name=name)
-        y, lstm_carry = rnn.LSTM(self.d_model, self.dtype, self.unroll, name="lstm")(
-            ln("ln_start")(x), lstm_carry
-        )
+        """x: [t, b, d], time-major, as the LSTM scans it; memory: [b, m, d]."""
+        lstm = rnn.LSTM(self.d_model, self.dtype, self.unroll, time_major=True, name="lstm")
+        y, lstm_carry = lstm(ln("ln_start")(x), lstm_carry)
         h = drop(y)  # no residual around the LSTM: its output replaces the stream
         if self.use_attn:
             m = ln("ln_mem")(h)  # what is stored as memory, not recomputed later
             h = ln("ln_mid")(h)
-            t, mem_len = h.shape[1], memory.shape[1]
-            kv = jnp.concatenate([memory, m], axis=1)  # [b, m + t, d] float32
+            t, mem_len = h.shape[0], memory.shape[1]
+            kv = jnp.concatenate([memory, jnp.swapaxes(m, 0, 1)], axis=1)  # [b, m + t, d] f32
             mask = attention.memory_causal_mask(t, mem_len, mem_count)
             a = _SingleHeadAttention(self.d_model, self.dropout_hidden, self.dtype, name="attn")(
                 h, kv, mask, train=train
@@ -174,7 +175,9 @@ class ShaRNN(base.Family):
         carry = self.init_carry(b) if carry is None else carry
         dtype = jnp.dtype(c.dtype)
         embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=_dense_init(c.d_model))
-        h = core.Dropout(c.dropout_input)(embed(tokens), deterministic=not train)
+        # Time-major inside ([t, b, d]): the LSTM scans need it, and one transpose of the token
+        # ids here and one of h before the decoder replace two around every LSTM.
+        h = core.Dropout(c.dropout_input)(embed(tokens.T), deterministic=not train)
         lstm_out, mem_out = [], list(carry.memory)
         for i in range(c.num_layers):
             use_attn = i in c.attn_layers
@@ -189,6 +192,6 @@ class ShaRNN(base.Family):
                 mem_out[j] = memory
         h = core.Dropout(c.dropout_rate)(h, deterministic=not train)
         bias = self.param("decoder_bias", nn.initializers.zeros, (c.vocab_size,))
-        logits = embed.attend(h.astype(jnp.float32)) + bias[None, None, :]
+        logits = embed.attend(jnp.swapaxes(h, 0, 1).astype(jnp.float32)) + bias[None, None, :]
         mem_count = jnp.minimum(carry.mem_count + t, c.mem_len)
         return logits, ShaRNNCarry(tuple(lstm_out), tuple(mem_out), mem_count), {}
