@@ -77,9 +77,6 @@ def get_config(arg=None):
         config.model.d_model = 256
         config.model.d_ff = 1024
         config.model.mem_len = 512
-        # Two LSTM steps per scan iteration: 292-296 against 296-306 ms a step here (bench,
-        # alternated, 2026-12-07); the layer's forward + backward alone 23.9 against 25.5 ms.
-        config.model.unroll = 2
         config.optim.warmup_steps = 200
     elif v != "enwik8":
         raise ValueError(f"unknown sha_rnn variant {v!r}")

@@ -96,30 +96,36 @@ def _lstm_bwd(unroll, res, cotangents):
     w_hh, h_prev, c_prev, cs, acts = res
     dys, (dh_last, dc_last) = cotangents
     w_t = w_hh.T
+    # Everything that does not depend on the cotangents is formed for all t at once, outside the
+    # sequential loop, as large fused elementwise ops: with d_act the derivative of each gate's
+    # nonlinearity (σ(1-σ), or 1-tanh² for g), dz = e ⊙ [dc, dc, dc, dh] per gate block with
+    # e = [g d_i, c_prev d_f, i d_g, tanh(c) d_o]; dc = dc_next + dh ⊙ o (1 - tanh²(c)). The loop
+    # keeps a select, three multiply-adds and the matmul. On this CPU (2026-12-07, alternated):
+    # the layer's forward + backward at t 256, [8, 1024] gates 26.3-29.0 -> 23.2-26.1 ms, the
+    # sha_rnn:cpu step 298-318 -> 285-290 ms. With it, scan unroll 2 is slower (~300 ms).
+    i, f, g, o = jnp.split(acts, 4, axis=-1)
+    tc = jnp.tanh(cs)
+    e = jnp.concatenate(
+        [g * (i * (1 - i)), c_prev * (f * (1 - f)), i * (1 - g * g), tc * (o * (1 - o))], axis=-1
+    )  # [t, b, 4d]
+    o_dc = o * (1 - tc * tc)  # ∂h/∂c through h = o tanh(c)
+    d = h_prev.shape[-1]
+    o_lane = jax.lax.broadcasted_iota(jnp.int32, acts.shape[1:], acts.ndim - 2) // d == 3
 
     def step(carry, xs):
         dh_next, dc_next = carry
-        dy, a, c, cp = xs
-        i, f, g, o = jnp.split(a, 4, axis=-1)
+        dy, e_t, o_dc_t, f_t = xs
         dh = dy + dh_next
-        tc = jnp.tanh(c)
-        dc = dc_next + dh * o * (1 - tc * tc)
-        dz = jnp.concatenate(
-            [
-                dc * g * i * (1 - i),
-                dc * cp * f * (1 - f),
-                dc * i * (1 - g * g),
-                dh * tc * o * (1 - o),
-            ],
-            axis=-1,
-        )  # [b, 4d] gradient of the gate pre-activations
+        dc = dc_next + dh * o_dc_t
+        up = jnp.where(o_lane, jnp.tile(dh, (1, 4)), jnp.tile(dc, (1, 4)))
+        dz = e_t * up  # [b, 4d] gradient of the gate pre-activations
         dh_prev = jnp.dot(dz.astype(w_t.dtype), w_t).astype(jnp.float32)
-        return (dh_prev, dc * f), dz
+        return (dh_prev, dc * f_t), dz
 
     (dh0, dc0), dz = jax.lax.scan(
         step,
         (dh_last, dc_last),
-        (dys.astype(jnp.float32), acts, cs, c_prev),
+        (dys.astype(jnp.float32), e, o_dc, f),
         reverse=True,
         unroll=unroll,
     )
