@@ -204,8 +204,9 @@ def main(argv=None):
                         with open(args.jsonl, "a") as f:
                             f.write(json.dumps(rec) + "\n")
     block = table(rows, records)
+    measured = ("rounds", "rows", "steps", "warmup", "ref_steps", "ref_warmup", "threads")
     cmd = "bash reference/compare.sh" + "".join(
-        f" --{k} {v}" for k, v in (("rounds", args.rounds), ("rows", args.rows)) if v
+        f" --{k} {getattr(args, k)}" for k in measured if getattr(args, k) != ap.get_default(k)
     )
     note = (f"`{cmd}`: {args.rounds} rounds alternated, medians; started {started} on "
             f"{platform.machine()} with {os.cpu_count()} CPUs; lmjax {args.steps} timed steps "
