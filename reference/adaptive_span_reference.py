@@ -28,11 +28,10 @@ drops the oldest `trim_len` keys, trim_len = floor((1024 - (ceil(max_head z * 10
 `adapt_span_cache` the carried cache is that length plus 64. At `--span_init 1` nothing is
 trimmed (1,280 keys). lmjax's trainer trims the same way (`trim_lens` from the spans).
 
-Shim: AdagradWithGradClip.step calls the pre-2.0 overloads `grad.add(wd, p)`,
-`sum.addcmul_(1, g, g)` and `p.add_(-clr, g / std)`, which torch 2.13 no longer accepts; its
-`step` is replaced by the same update written with keywords (weight decay 0 here, dense
-gradients only): clr = lr / (1 + (step - 1) lr_decay), scaled by grad_clip / (|g| + 1e-10)
-when |g| > grad_clip, sum += g², p -= clr g / (sqrt(sum) + 1e-10). One JSON line on stdout.
+No shim: the reference's AdagradWithGradClip.step runs unmodified on torch 2.13 (its pre-2.0
+`add(Number, Tensor)` calls still work, with a deprecation warning on stderr; checked equal to a
+written-out clipped Adagrad, max difference 0.0), and nothing here needs CUDA (DataParallel with
+no GPU calls the module directly). One JSON line on stdout.
 """
 
 import argparse
@@ -71,33 +70,14 @@ def reference_src(src):
     return out
 
 
-def adagrad_step(self, closure=None):
-    """AdagradWithGradClip.step in torch 2 keywords (see the module docstring)."""
-    with torch.no_grad():
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g, state = p.grad, self.state[p]
-                state["step"] += 1
-                clr = group["lr"] / (1 + (float(state["step"]) - 1) * group["lr_decay"])
-                norm = g.norm(2).item()
-                if group["grad_clip"] > 0 and norm > group["grad_clip"]:
-                    clr *= group["grad_clip"] / (norm + 1e-10)
-                state["sum"].addcmul_(g, g, value=1)
-                p.addcdiv_(g, state["sum"].sqrt().add_(1e-10), value=-clr)
-
-
 def bench(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     sys.path.insert(0, reference_src(args.src))
-    import adagrad_with_grad_clip
     import trainer
     import utils
     from models import TransformerSeq
 
-    adagrad_with_grad_clip.AdagradWithGradClip.step = adagrad_step
     torch.manual_seed(args.seed)
     span = dict(adapt_span_enabled=True, adapt_span_loss=args.span_loss,
                 adapt_span_ramp=args.ramp, adapt_span_init=args.span_init,
