@@ -37,14 +37,11 @@ no GPU calls the module directly). One JSON line on stdout.
 import argparse
 import contextlib
 import json
-import math
 import os
-import resource
-import statistics
 import subprocess
 import sys
-import time
 
+import bench_util  # reference/bench_util.py, beside this script
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,24 +102,8 @@ def bench(args):
         loss, h_cache = trainer._train_batch(model, optimizer, scheduler, x, y, h_cache, False, 1)
         return loss
 
-    times = []
-    for i, tokens in enumerate(batches[: args.warmup + args.steps]):
-        t0 = time.perf_counter()
-        loss = step(tokens)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-        if not math.isfinite(loss):
-            sys.exit(f"non-finite loss at step {i}: {loss}")
-    if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for tokens in batches[args.warmup + args.steps :]:
-                step(tokens)
-        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
-        print(f"{args.profile} steps:\n{table}", file=sys.stderr)
+    times, loss = bench_util.time_steps(step, batches, args.warmup, args.steps, args.profile)
     spans = [layer.attn.attn.adaptive_span for layer in model.module.layers]
-    median = statistics.median(times)
     print(json.dumps({
         "impl": f"facebookresearch/adaptive-span {COMMIT} TransformerSeq + trainer._train_batch",
         "torch": torch.__version__,
@@ -137,11 +118,7 @@ def bench(args):
         "cache_sizes": [h.shape[1] for h in h_cache],
         "steps": args.steps,
         "warmup": args.warmup,
-        "step_ms_median": round(1000 * median, 2),
-        "step_ms_min": round(1000 * min(times), 2),
-        "tokens_per_sec": round(B * M / median, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "final_loss": round(loss, 4),
+        **bench_util.timing_fields(times, B * M, loss),
     }), flush=True)  # fmt: skip
 
 

@@ -65,14 +65,11 @@ length from step 0). --mem_len is for type 0 only (2/4/5/6 run with mem_len 0 as
 import argparse
 import contextlib
 import json
-import math
 import os
-import resource
-import statistics
 import sys
-import time
 import types
 
+import bench_util  # reference/bench_util.py, beside this script
 import numpy as np
 import torch
 
@@ -276,24 +273,8 @@ def bench_type(model_main, args, attn_type):
         model.zero_grad()
         return loss
 
-    times = []
-    for i, tokens in enumerate(batches[: args.warmup + args.steps]):
-        t0 = time.perf_counter()
-        loss = train_step(tokens)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-        loss = loss.item()
-        if not math.isfinite(loss):
-            sys.exit(f"type {attn_type}: non-finite loss at step {i}: {loss}")
-    if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for tokens in batches[args.warmup + args.steps :]:
-                train_step(tokens)
-        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
-        print(f"type {attn_type}, {args.profile} steps:\n{table}", file=sys.stderr)
-    median = statistics.median(times)
+    times, loss = bench_util.time_steps(train_step, batches, args.warmup, args.steps,
+                                        args.profile, label=f"type {attn_type}: ")  # fmt: skip
     print(json.dumps({
         "impl": f"lmtool-fwms MemTransformerLM type {attn_type} ({BENCH_TYPES[attn_type]})",
         "attn_type": attn_type,
@@ -305,11 +286,7 @@ def bench_type(model_main, args, attn_type):
         "mem_len": mem_len,
         "steps": args.steps,
         "warmup": args.warmup,
-        "step_ms_median": round(1000 * median, 2),
-        "step_ms_min": round(1000 * min(times), 2),
-        "tokens_per_sec": round(B * L / median, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "final_loss": round(loss, 4),
+        **bench_util.timing_fields(times, B * L, loss),
     }), flush=True)  # fmt: skip
 
 

@@ -34,15 +34,12 @@ Random byte batches [seq_len + 1, batch] are made up front. One JSON line on std
 import argparse
 import contextlib
 import json
-import math
 import os
-import resource
-import statistics
 import subprocess
 import sys
-import time
 import types
 
+import bench_util  # reference/bench_util.py, beside this script
 import numpy as np
 import torch
 
@@ -123,25 +120,8 @@ def bench(args):
         opt.zero_grad()
         return loss
 
-    times = []
-    for i, tokens in enumerate(batches[: args.warmup + args.steps]):
-        t0 = time.perf_counter()
-        loss = train_step(tokens)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-        loss = loss.item()
-        if not math.isfinite(loss):
-            sys.exit(f"non-finite loss at step {i}: {loss}")
+    times, loss = bench_util.time_steps(train_step, batches, args.warmup, args.steps, args.profile)
     attn_mem = [m.shape[0] for m in state["mems"] if torch.is_tensor(m)]
-    if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for tokens in batches[args.warmup + args.steps :]:
-                train_step(tokens)
-        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
-        print(f"{args.profile} steps:\n{table}", file=sys.stderr)
-    median = statistics.median(times)
     print(json.dumps({
         "impl": f"Smerity/sha-rnn {COMMIT} SHARNN + min-trust LAMB",
         "torch": torch.__version__,
@@ -153,11 +133,7 @@ def bench(args):
         "attn_memory_after": attn_mem,
         "steps": args.steps,
         "warmup": args.warmup,
-        "step_ms_median": round(1000 * median, 2),
-        "step_ms_min": round(1000 * min(times), 2),
-        "tokens_per_sec": round(B * L / median, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "final_loss": round(loss, 4),
+        **bench_util.timing_fields(times, B * L, loss),
     }), flush=True)  # fmt: skip
 
 
