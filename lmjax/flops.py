@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
+from lmjax import machine
+
 
 def _dot_flops(eqn):
     lhs = eqn.invars[0].aval
@@ -74,8 +76,12 @@ def _cache_path():
 
 
 def _machine_key():
+    """backend/device kind/CPUs, and on the CPU backend the CPU's model and vector unit: a home
+    directory that moves to another CPU (this project's machines have been both AVX-512 and
+    AVX2 parts, 4x apart) must not read the other one's peak."""
     d = jax.devices()[0]
-    return f"{jax.default_backend()}/{d.device_kind}/{os.cpu_count()} cpus"
+    key = f"{jax.default_backend()}/{d.device_kind}/{os.cpu_count()} cpus"
+    return f"{key}/{machine.cpu_name()}" if jax.default_backend() == "cpu" else key
 
 
 def measure_peak(n=2048, repeats=7):

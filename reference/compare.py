@@ -24,13 +24,15 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from lmjax.machine import cpu_name  # noqa: E402  (standard library only)
+
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
 
 
@@ -209,7 +211,7 @@ def main(argv=None):
         f" --{k} {getattr(args, k)}" for k in measured if getattr(args, k) != ap.get_default(k)
     )
     note = (f"`{cmd}`: {args.rounds} rounds alternated, medians; started {started} on "
-            f"{platform.machine()} with {os.cpu_count()} CPUs; lmjax {args.steps} timed steps "
+            f"{cpu_name()} with {os.cpu_count()} CPUs; lmjax {args.steps} timed steps "
             f"a run, the reference {args.ref_steps}, torch threads {args.threads}.")  # fmt: skip
     print(f"{block}\n\n{note}")
     if args.readme:

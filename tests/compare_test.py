@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import platform
 
 import pytest
 
@@ -50,3 +51,12 @@ def test_unknown_rows_are_refused_in_one_line(capsys):
         compare.main(["--rows", "nope"])
     assert e.value.code == 2
     assert "unknown --rows nope; known: sha_rnn," in capsys.readouterr().err
+
+
+def test_cpu_name_names_the_model_and_vector_unit(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("model name\t: AMD EPYC\nflags\t\t: fpu sse avx avx2 fma\n" * 2)
+    assert compare.cpu_name(str(info)) == "AMD EPYC (AVX2)"
+    info.write_text("model name\t: Intel Xeon\nflags\t\t: avx2 avx512f avx512bw\n")
+    assert compare.cpu_name(str(info)) == "Intel Xeon (AVX-512)"
+    assert compare.cpu_name(str(tmp_path / "absent")) == platform.machine()
