@@ -68,8 +68,7 @@ def reference_src(src):
 
 
 def bench(args):
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    bench_util.set_threads(args.threads)
     sys.path.insert(0, reference_src(args.src))
     import trainer
     import utils
@@ -139,11 +138,7 @@ def main():
     ap.add_argument("--grad_clip", type=float, default=0.03)
     ap.add_argument("--warmup_lr", type=int, default=200, help="the lr warmup steps")
     ap.add_argument("--dropout", type=float, default=0.0)
-    ap.add_argument("--steps", type=int, default=5, help="timed steps")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (0: default)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--profile", type=int, default=0, help="profile this many extra steps (stderr)")
+    bench_util.add_timing_args(ap)
     bench(ap.parse_args())
 
 

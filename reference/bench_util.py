@@ -7,6 +7,23 @@ import sys
 import time
 
 
+def add_timing_args(ap):
+    """The timing flags every driver's bench mode takes, with the same defaults."""
+    ap.add_argument("--steps", type=int, default=5, help="timed steps")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (0: default)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", type=int, default=0, help="profile this many extra steps (stderr)")
+
+
+def set_threads(n):
+    """torch.set_num_threads(n), or torch's own default for 0."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def time_steps(step, batches, warmup, steps, profile=0, label=""):
     """Runs `step(batch)` on warmup + steps batches, timing the last `steps`, then `profile`
     more under torch.profiler (its table to stderr). Exits on a non-finite loss.

@@ -319,11 +319,7 @@ def bench_main(argv):
     )
     ap.add_argument("--lr", type=float, default=2.5e-4)
     ap.add_argument("--clip", type=float, default=0.25)
-    ap.add_argument("--steps", type=int, default=5, help="timed steps")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--profile", type=int, default=0, help="profile this many extra steps (stderr)")
+    bench_util.add_timing_args(ap)
     args = ap.parse_args(argv)
     if not args.src:
         sys.exit("no reference source: pass --src or set FWMS_SRC to lmtool-fwms's src/")
@@ -340,7 +336,7 @@ def bench_main(argv):
         sys.exit("--mem_len is for type 0 (Transformer-XL) only; 2/4/5/6 run with mem_len 0")
     if args.steps < 1:
         sys.exit("--steps must be at least 1")
-    torch.set_num_threads(args.threads)
+    bench_util.set_threads(args.threads)
     model_main = import_reference(os.path.abspath(args.src))
     for attn_type in attn_types:
         bench_type(model_main, args, attn_type)

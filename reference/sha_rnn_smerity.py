@@ -81,8 +81,7 @@ def install_shims():
 
 
 def bench(args):
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    bench_util.set_threads(args.threads)
     sys.path.insert(0, reference_src(args.src))
     install_shims()
     import model as ref_model  # the reference's model.py
@@ -152,11 +151,7 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--wdecay", type=float, default=1.2e-6)
     ap.add_argument("--clip", type=float, default=0.25)
-    ap.add_argument("--steps", type=int, default=5, help="timed steps")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (0: default)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--profile", type=int, default=0, help="profile this many extra steps (stderr)")
+    bench_util.add_timing_args(ap)
     bench(ap.parse_args())
 
 
