@@ -18,6 +18,11 @@ matmul peak: `python -m lmjax.bench --peak` measures and caches it). Never run i
 one sequence at each of `--gen_lengths` (ms a token: flat for a family with a decoding state).
 """
 
+if __name__ == "__main__":  # as a program: restart with huge pages first (lmjax/machine.py)
+    from lmjax import machine
+
+    machine.exec_with_huge_pages()
+
 import functools
 import json
 import resource
@@ -97,14 +102,16 @@ def benchmark(config, steps=20, warmup=3):
     step_fn = step_fn.lower(state, carry, batch).compile()  # once: its buffer sizes are reported
     memory = step_fn.memory_analysis()
     xla_cost = step_fn.cost_analysis() or {}
-    times, counts = [], []
+    times, counts, faults = [], [], 0
     for i in range(warmup + steps):
+        faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0 = time.perf_counter()
         state, carry, metrics = step_fn(state, carry, batch)
         jax.block_until_ready(metrics)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
             counts.append(float(sharding.to_host(metrics["count"])))
+            faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
     median = float(np.median(times))
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
 
@@ -127,6 +134,8 @@ def benchmark(config, steps=20, warmup=3):
         # Targets per second, as the trainer logs it (the task's count of a batch).
         "tokens_per_sec": round(float(np.median(counts)) / median, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        # minor page faults a timed step: memory the step mapped afresh (machine.py)
+        "page_faults_per_step": round(faults / steps),
         "param_sharding": state_lib.param_sharding(config),
         # parameters + optimizer state held by one device (train.param_sharding)
         "state_mb_per_device": round(per_device_mb((state.params, state.opt_state)), 2),

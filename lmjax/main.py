@@ -6,6 +6,11 @@ valid and test splits), generate (a sampled continuation of --prompt), translate
 mistake prints one line and exits with status 2; see lmjax/errors.py and lmjax/cli.py.
 """
 
+if __name__ == "__main__":  # as a program: restart with huge pages first (lmjax/machine.py)
+    from lmjax import machine
+
+    machine.exec_with_huge_pages()
+
 import os
 import sys
 
