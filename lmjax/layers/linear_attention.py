@@ -273,10 +273,11 @@ def _chunk_normaliser(q, k, scores, z0, t):
     return qz.reshape(qz.shape[0], qz.shape[1], -1)[:, :, :t], z0 + z_total[:, :, -1]
 
 
-def normaliser(q, k, z0, *, chunk=64):
+def normaliser(q, k, z0, *, chunk=64, time_major=False):
     """The linear-attention normaliser alone: (q_t·z_t [b, h, t], z_T [b, h, k]) with
     z_t = z0 + Σ_{τ≤t} k_τ (read after write), for rules whose own state is not the sum
-    rule's (the delta rule's normaliser sums the unweighted keys).
+    rule's (the delta rule's normaliser sums the unweighted keys). With `time_major`, q and k
+    are [t, b, h, k] and q_t·z_t comes back [t, b, h].
 
     z_t itself, chunkwise: inside a chunk a running sum as one matmul with a lower-triangular
     ones matrix, across chunks a cumulative sum of the chunk totals; then q_t·z_t elementwise.
@@ -284,14 +285,22 @@ def normaliser(q, k, z0, *, chunk=64):
     forward + backward at [8, 8, 256, 32] against 2.2 ms for this on the 2-core CPU; a plain
     `jnp.cumsum` over t 3.2 ms.)"""
     q, k, z0 = (x.astype(jnp.float32) for x in (q, k, z0))
-    t = q.shape[2]
-    q, k = _chunks(chunk, *_pad_time(chunk, q, k))  # zero keys add nothing
+    ax = 0 if time_major else 2  # the time axis; it becomes (chunk n, position c) at ax, ax + 1
+    t = q.shape[ax]
+    pad = [(0, -t % chunk) if i == ax else (0, 0) for i in range(q.ndim)]  # zero keys add nothing
+    q, k = (jnp.pad(x, pad).reshape(*x.shape[:ax], -1, chunk, *x.shape[ax + 1 :]) for x in (q, k))
     ones = jnp.tril(jnp.ones((chunk, chunk), jnp.float32))
-    running = jnp.einsum("cs,bhnsk->bhnck", ones, k)  # Σ_{s≤c} k_s inside each chunk
-    totals = running[:, :, :, -1]
-    start = z0[:, :, None] + jnp.cumsum(totals, axis=2) - totals  # z before each chunk
-    qz = jnp.einsum("bhnck,bhnck->bhnc", q, running + start[:, :, :, None])
-    return qz.reshape(qz.shape[0], qz.shape[1], -1)[:, :, :t], start[:, :, -1] + totals[:, :, -1]
+    if time_major:  # chunks as a batch dimension of both operands: no transposes around the dot
+        ones = jnp.broadcast_to(ones, (k.shape[0], chunk, chunk))
+        running = jnp.einsum("ncs,nsbhk->ncbhk", ones, k)  # Σ_{s≤c} k_s inside each chunk
+    else:
+        running = jnp.einsum("cs,bhnsk->bhnck", ones, k)
+    totals = jax.lax.index_in_dim(running, chunk - 1, ax + 1, keepdims=False)
+    start = jnp.expand_dims(z0, ax) + jnp.cumsum(totals, axis=ax) - totals  # z before each chunk
+    qz = jnp.einsum("...k,...k->...", q, running + jnp.expand_dims(start, ax + 1))
+    qz = jax.lax.slice_in_dim(qz.reshape(*qz.shape[:ax], -1, *qz.shape[ax + 2 :]), 0, t, axis=ax)
+    last = lambda x: jax.lax.index_in_dim(x, x.shape[ax] - 1, ax, keepdims=False)
+    return qz, last(start) + last(totals)
 
 
 def sum_rule(q, k, v, w0=None, *, impl="auto", chunk=64, unroll=1, z0=None, groups=None):
@@ -418,7 +427,9 @@ def _delta_chunkwise(q, k, v, beta, w0, chunk):
     return o.reshape(o.shape[0], o.shape[1], -1, o.shape[-1])[:, :, :t], w
 
 
-def delta_rule(q, k, v, beta, w0=None, *, impl="auto", chunk=64, unroll=1, groups=None):
+def delta_rule(
+    q, k, v, beta, w0=None, *, impl="auto", chunk=64, unroll=1, groups=None, time_major=False
+):
     """The delta rule: u_t = β_t (v_t - W_{t-1}ᵀ k_t), W_t = W_{t-1} + k_t u_tᵀ, o_t = W_tᵀ q_t.
 
     Args:
@@ -427,13 +438,24 @@ def delta_rule(q, k, v, beta, w0=None, *, impl="auto", chunk=64, unroll=1, group
       impl: 'recurrent', 'chunkwise' or 'auto'; chunk: positions per chunk (chunkwise);
       unroll: time steps per loop iteration of the recurrent form's scans.
       groups: independent scans over slices of the heads (recurrent form; None: `scan_groups`).
+      time_major: q, k, v, beta and o are [t, b, h, ...] instead (w0 and W_t are not): what
+        the recurrent scan walks, for callers that produce that layout directly; the recurrent
+        form then runs one scan over all the given heads (the caller groups them).
     Returns:
       (o [b, h, t, v], W_t [b, h, k, v]), float32.
     """
     q, k, v, beta = (x.astype(jnp.float32) for x in (q, k, v, beta))
+    b_axis, h_axis = (1, 2) if time_major else (0, 1)
     if w0 is None:
-        w0 = jnp.zeros((*q.shape[:2], q.shape[-1], v.shape[-1]), jnp.float32)
-    if resolve_impl(impl, "delta") == "recurrent":
+        w0 = jnp.zeros((q.shape[b_axis], q.shape[h_axis], q.shape[-1], v.shape[-1]), jnp.float32)
+    recurrent = resolve_impl(impl, "delta") == "recurrent"
+    if time_major and recurrent:
+        return _delta_recurrent(q, k, v, beta, w0, unroll)
+    if time_major:
+        q, k, v, beta = (jnp.moveaxis(x, 0, 2) for x in (q, k, v, beta))
+        o, w = _delta_chunkwise(q, k, v, beta, w0, chunk)
+        return jnp.moveaxis(o, 2, 0), w
+    if recurrent:
         scan = lambda *xs: _delta_recurrent(*xs, unroll)
         return _time_major_by_groups(scan, groups, w0, q, k, v, beta)
     return _delta_chunkwise(q, k, v, beta, w0, chunk)

@@ -241,3 +241,32 @@ def test_sum_rule_normaliser(impl):
     grads = jax.grad(with_z, (0, 1))(q, k), jax.grad(ones_column, (0, 1))(q, k)
     for g, e in zip(*grads, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", la.IMPLS)
+def test_time_major_delta_rule_and_normaliser(impl):
+    """`time_major=True` (inputs and outputs [t, b, h, ...], what the model's recurrent delta
+    layer feeds straight from its projection) gives the numbers and gradients of the [b, h, t]
+    form; the normaliser likewise, with a chunk that does not divide t."""
+    q, k, v, beta, w0 = _inputs(7)
+    z0 = jnp.abs(jax.random.normal(jax.random.PRNGKey(8), w0.shape[:3]))
+    tm = lambda x: jnp.moveaxis(x, 2, 0)
+
+    def batch_major(q, k, v, beta, w0, z0):
+        o, w = la.delta_rule(q, k, v, beta, w0, impl=impl, chunk=4)
+        return o, w, *la.normaliser(q, k, z0, chunk=4)
+
+    def time_major(q, k, v, beta, w0, z0):
+        o, w = la.delta_rule(tm(q), tm(k), tm(v), tm(beta), w0, impl=impl, chunk=4, time_major=True)
+        qz, z = la.normaliser(tm(q), tm(k), z0, chunk=4, time_major=True)
+        return jnp.moveaxis(o, 0, 2), w, jnp.moveaxis(qz, 0, 2), z
+
+    cots = [jax.random.normal(jax.random.PRNGKey(20 + i), x.shape)
+            for i, x in enumerate(batch_major(q, k, v, beta, w0, z0))]  # fmt: skip
+    loss = lambda fn: lambda *a: sum(jnp.sum(x * c) for x, c in zip(fn(*a), cots, strict=True))
+    args = (q, k, v, beta, w0, z0)
+    for a, b in zip(batch_major(*args), jax.jit(time_major)(*args), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
+    grads = [jax.grad(loss(fn), argnums=range(6))(*args) for fn in (batch_major, time_major)]
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
