@@ -54,19 +54,25 @@ def exec_with_huge_pages():
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     if "glibc.malloc.hugetlb" in tunables or os.environ.get("LMJAX_HUGE_PAGES", "1") == "0":
         return
-    libc, version = platform.libc_ver()
-    if not sys.platform.startswith("linux") or libc != "glibc":
-        return
-    if tuple(int(x) for x in version.split(".")[:2] if x.isdigit()) < (2, 35):
-        return
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            if "[never]" in f.read():
-                return
-    except OSError:
+    if not huge_pages_available():
         return
     tunables = ":".join(filter(None, [tunables, "glibc.malloc.hugetlb=1"]))
     env = dict(os.environ, GLIBC_TUNABLES=tunables)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, sys.orig_argv, env)
+
+
+def huge_pages_available(thp="/sys/kernel/mm/transparent_hugepage/enabled"):
+    """Whether glibc's hugetlb tunable can take effect here: Linux, glibc 2.35 or newer, and a
+    kernel whose transparent huge pages are not 'never'."""
+    libc, version = platform.libc_ver()
+    if not sys.platform.startswith("linux") or libc != "glibc":
+        return False
+    if tuple(int(x) for x in version.split(".")[:2] if x.isdigit()) < (2, 35):
+        return False
+    try:
+        with open(thp) as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
